@@ -1,0 +1,76 @@
+import warnings
+
+import bjontegaard
+import numpy as np
+import pytest
+
+from hpcm_tune.analysis import BDError, BDOverlapWarning, bd_psnr, bd_rate
+
+# HPCM Base on Kodak, paper points (DESIGN.md §2): bpp, PSNR dB.
+BASE_BPP = [0.1211, 0.1757, 0.2729, 0.4125, 0.5898, 0.8209]
+BASE_PSNR = [29.4022, 30.7547, 32.4012, 34.2063, 36.0145, 37.7525]
+# A second, worse codec: not a shifted copy of Base, so both fits actually differ in shape.
+OTHER_BPP = [0.1302, 0.1911, 0.2951, 0.4460, 0.6352, 0.8790]
+OTHER_PSNR = [29.21, 30.57, 32.14, 33.97, 35.68, 37.46]
+
+METHODS = ["pchip", "cubic"]
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_agrees_with_bjontegaard_package_on_published_curve(method):
+    ours = bd_rate(BASE_BPP, BASE_PSNR, OTHER_BPP, OTHER_PSNR, method=method)
+    ref = bjontegaard.bd_rate(BASE_BPP, BASE_PSNR, OTHER_BPP, OTHER_PSNR, method=method)
+    assert abs(ours - ref) < 0.01
+    assert ours > 3.0  # the other codec is clearly worse: it needs more bits
+    ours_db = bd_psnr(BASE_BPP, BASE_PSNR, OTHER_BPP, OTHER_PSNR, method=method)
+    ref_db = bjontegaard.bd_psnr(BASE_BPP, BASE_PSNR, OTHER_BPP, OTHER_PSNR, method=method)
+    assert abs(ours_db - ref_db) < 1e-4
+    assert ours_db < 0
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_swapping_anchor_and_test_inverts_the_rate_ratio(method):
+    forward = bd_rate(BASE_BPP, BASE_PSNR, OTHER_BPP, OTHER_PSNR, method=method)
+    backward = bd_rate(OTHER_BPP, OTHER_PSNR, BASE_BPP, BASE_PSNR, method=method)
+    # Over the same overlap interval the mean log ratio just changes sign.
+    assert (1 + forward / 100) * (1 + backward / 100) == pytest.approx(1.0, abs=1e-9)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_known_answers(method):
+    assert bd_rate(BASE_BPP, BASE_PSNR, BASE_BPP, BASE_PSNR, method=method) == pytest.approx(0.0, abs=1e-9)
+    cheaper = [r * 0.9 for r in BASE_BPP]
+    assert bd_rate(BASE_BPP, BASE_PSNR, cheaper, BASE_PSNR, method=method) == pytest.approx(-10.0, abs=1e-9)
+    better = [p + 0.5 for p in BASE_PSNR]
+    assert bd_psnr(BASE_BPP, BASE_PSNR, BASE_BPP, better, method=method) == pytest.approx(0.5, abs=1e-9)
+
+
+def test_point_order_and_duplicates_do_not_matter():
+    ref = bd_rate(BASE_BPP, BASE_PSNR, OTHER_BPP, OTHER_PSNR)
+    shuffled = np.random.default_rng(0).permutation(6)
+    tb, tp = np.array(OTHER_BPP)[shuffled], np.array(OTHER_PSNR)[shuffled]
+    assert bd_rate(BASE_BPP[::-1], BASE_PSNR[::-1], tb, tp) == pytest.approx(ref, abs=1e-12)
+    # The same point twice is averaged, not a zero-width interpolation interval.
+    assert bd_rate(BASE_BPP + [BASE_BPP[0]], BASE_PSNR + [BASE_PSNR[0]], OTHER_BPP, OTHER_PSNR) == pytest.approx(ref)
+
+
+def test_too_few_points_and_no_overlap_raise_with_a_reason():
+    with pytest.raises(BDError, match="cubic needs 4 distinct points per curve; test has 3"):
+        bd_rate(BASE_BPP, BASE_PSNR, OTHER_BPP[:3], OTHER_PSNR[:3], method="cubic")
+    with pytest.warns(BDOverlapWarning):
+        assert np.isfinite(bd_rate(BASE_BPP, BASE_PSNR, OTHER_BPP[:3], OTHER_PSNR[:3], method="pchip"))
+    with pytest.raises(BDError, match="do not overlap"):
+        bd_rate(BASE_BPP[:2], BASE_PSNR[:2], OTHER_BPP[4:], OTHER_PSNR[4:])
+    with pytest.raises(BDError, match="non-positive rate"):
+        bd_rate([0.0, 0.2], [30, 31], [0.1, 0.2], [30, 31])
+    with pytest.raises(ValueError, match="unknown BD-rate method 'akima'; valid: cubic, pchip"):
+        bd_rate(BASE_BPP, BASE_PSNR, OTHER_BPP, OTHER_PSNR, method="akima")
+
+
+def test_warns_on_low_overlap_only():
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        bd_rate(BASE_BPP, BASE_PSNR, OTHER_BPP, OTHER_PSNR)
+    with pytest.warns(BDOverlapWarning, match="overlap over only"):
+        value = bd_rate(BASE_BPP[:4], BASE_PSNR[:4], OTHER_BPP[2:], OTHER_PSNR[2:])
+    assert np.isfinite(value)
