@@ -137,3 +137,163 @@ def make_image_folder(
     for i in range(small):
         Image.fromarray(random_photo(16, 16, seed=500 + i)).save(root / "train" / f"small{i}.png")
     return root
+
+
+# --- Synthetic Ray Tune experiment directories (for hpcm_tune.analysis tests and bench/analyze.py) ---
+
+# Ray Tune 2.60 keeps these fields in every result.json line besides the trainable's own metrics.
+_RAY_RESULT_FIELDS = ("timestamp", "checkpoint_dir_name", "done", "training_iteration", "trial_id", "date",
+                      "time_this_iter_s", "time_total_s", "pid", "hostname", "node_ip", "time_since_restore",
+                      "iterations_since_restore")
+
+
+def fake_rd_metrics(config: dict, epoch: int, psnr_offset: float = 0.0, rate_factor: float = 1.0,
+                    noise: float = 0.0, ms_ssim: bool = True) -> dict[str, float]:
+    """Plausible per-epoch metrics of one HPCM trial (names from hpcm_tune.metrics), deterministic.
+
+    The converged point follows the HPCM Base Kodak curve (DESIGN.md §2) through lambda: bpp ~ lambda^0.58,
+    PSNR linear in log lambda; ``psnr_offset`` (dB) and ``rate_factor`` make a better or worse codec, ``noise``
+    (dB) a seed-dependent jitter. Quality rises towards the converged point as epochs pass; task weights
+    drift from uniform and gammas follow a linear schedule.
+    """
+    from hpcm_tune import metrics as m
+
+    lmbda = float(config.get("lmbda", 0.0067))
+    epochs = max(int(config.get("epochs", 10)), 1)
+    seed = int(config.get("seed", 0))
+    progress = min(epoch / epochs, 1.0)
+    jitter = noise * float(np.random.default_rng([seed, int(lmbda * 1e6)]).standard_normal())
+    log_ratio = math.log(lmbda / 0.0018)
+    bpp = 0.1211 * math.exp(0.582 * log_ratio) * rate_factor * (1.0 + 0.3 * math.exp(-4.0 * progress))
+    psnr = 29.4022 + 2.539 * log_ratio + psnr_offset + jitter - 2.0 * math.exp(-4.0 * progress)
+    mse = 10.0 ** (-psnr / 10.0)
+    out = {
+        m.EPOCH: epoch,
+        m.TRAIN_LOSS: lmbda * 255**2 * mse * 1.1 + bpp * 1.05,
+        m.TRAIN_PSNR: psnr - 0.3,
+        m.TRAIN_BPP: bpp * 1.05,
+        m.EVAL_LOSS: lmbda * 255**2 * mse + bpp,
+        m.EVAL_PSNR: psnr,
+        m.EVAL_BPP: bpp,
+        m.EVAL_ACTUAL_BPP: bpp * 1.01 + 0.002,
+        m.EVAL_BPP_Z: 0.05 * bpp,
+    }
+    for scale, share in zip(m.SCALES, (0.2, 0.3, 0.45), strict=True):
+        out[m.EVAL_BPP_SCALE[scale]] = share * bpp
+    if ms_ssim:
+        out[m.EVAL_MS_SSIM_DB] = 0.55 * psnr - 3.0
+    logits = np.array([0.3, -0.2, 0.1, 0.0, -0.2]) * progress * (1.0 + 0.2 * (seed % 3))
+    weights = np.exp(logits) / np.exp(logits).sum()
+    for task, w in zip(m.TASKS, weights, strict=True):
+        out[m.WEIGHTS[task]] = float(w)
+    for scale in m.SCALES:
+        out[m.SCALE_CONTRIB[scale]] = float(sum(w for t, w in zip(m.TASKS, weights, strict=True)
+                                                if m.TASK_SCALE[t] == scale))
+        out[m.GAMMA[scale]] = float(config.get(f"gamma_{scale}", 0.006)) * (1.0 - 0.5 * progress)
+    return out
+
+
+def write_experiment_dir(
+    storage: str | Path,
+    name: str,
+    trials: list[dict],
+    study: str = "study",
+    metric: str | None = None,
+    mode: str = "min",
+    max_epochs: int | None = None,
+    search_space: dict | None = None,
+    experiment_state: bool = True,
+) -> Path:
+    """Write a Ray Tune 2.60 experiment directory ``<storage>/<name>/`` as the sweep leaves it on disk.
+
+    Layout: ``hpcm_tune.json`` at the root, ``experiment_state-<date>.json`` (``trial_data`` = pairs of JSON
+    strings: the trial state with ``trial_id``, ``status``, ``relative_logdir``, ``config``, and its run
+    metadata), ``tuner.pkl`` (dummy bytes: it must never be unpickled), and per trial
+    ``<trainable>_<trial_id>_<index>_<tag>_<date>/`` holding ``params.json``, ``result.json`` (one JSON line
+    per epoch with Ray's fields and ``config``), ``progress.csv`` and, for errored trials, ``error.txt``.
+
+    Each entry of ``trials`` is a dict: ``config`` (the flat params, with lmbda, seed, epochs, label...),
+    and optionally ``epochs_run`` (default: config epochs), ``error`` (bool: fails after epochs_run),
+    ``status`` (Ray status in the experiment state; default from the above), ``psnr_offset``,
+    ``rate_factor``, ``noise``, ``ms_ssim`` (see :func:`fake_rd_metrics`), ``drop`` (metric names left out),
+    ``corrupt``: one of ``truncated_result`` (last line cut mid-way), ``garbage_result`` (a non-JSON line in
+    the middle), ``garbage_params`` (params.json unreadable), ``empty_result``, ``no_result`` (no
+    result.json, only progress.csv), ``no_dir`` (listed in the experiment state only, e.g. pending).
+    """
+    import csv
+    import json
+    import zlib
+
+    from hpcm_tune import metrics as m
+
+    root = Path(storage) / name
+    root.mkdir(parents=True, exist_ok=True)
+    date = "2026-01-01_00-00-00"
+    epochs_default = max_epochs or max((int(t["config"].get("epochs", 10)) for t in trials), default=10)
+    header = {
+        "study": study,
+        "search_space_file": f"search_spaces/{study}.yaml",
+        "search_space": search_space or {"study": study},
+        "metric": metric or m.DEFAULT_METRIC,
+        "mode": mode,
+        "max_epochs": epochs_default,
+    }
+    (root / "hpcm_tune.json").write_text(json.dumps(header, indent=2))
+    (root / "tuner.pkl").write_bytes(b"\x80\x05 not to be unpickled")
+    trial_data = []
+    for index, spec in enumerate(trials):
+        config = dict(spec["config"])
+        trial_id = f"{zlib.crc32(name.encode()) % 100000:05d}_{index:05d}"
+        tag = f"{index}_lmbda={config.get('lmbda')},seed={config.get('seed')}"
+        dirname = f"train_hpcm_{trial_id}_{tag}_{date}"
+        epochs = int(config.get("epochs", epochs_default))
+        run = int(spec.get("epochs_run", epochs))
+        errored = bool(spec.get("error", False))
+        status = spec.get("status") or ("ERROR" if errored else "TERMINATED")
+        corrupt = spec.get("corrupt")
+        rows = []
+        for epoch in range(1, run + 1):
+            row = fake_rd_metrics(config, epoch, spec.get("psnr_offset", 0.0), spec.get("rate_factor", 1.0),
+                                  spec.get("noise", 0.0), spec.get("ms_ssim", True))
+            for key in spec.get("drop", ()):
+                row.pop(key, None)
+            ray_fields = (1_767_225_600 + epoch, None, epoch == epochs and not errored, epoch, trial_id, date,
+                          1.5, 1.5 * epoch, 1234, "node", "127.0.0.1", 1.5 * epoch, epoch)
+            row.update(zip(_RAY_RESULT_FIELDS, ray_fields, strict=True))
+            rows.append(row)
+        trial_data.append([
+            json.dumps({"trainable_name": "train_hpcm", "trial_id": trial_id, "status": status,
+                        "relative_logdir": dirname, "config": config, "experiment_tag": tag,
+                        "storage": {"_type": "CLOUDPICKLE_FALLBACK", "value": "8005deadbeef"},
+                        "results": "80054e2e"}),
+            json.dumps({"num_failures": int(errored), "error_filename": "error.txt" if errored else None,
+                        "last_result": rows[-1] if rows else {}}),
+        ])
+        if corrupt == "no_dir":
+            continue
+        trial_dir = root / dirname
+        trial_dir.mkdir(exist_ok=True)
+        if corrupt == "garbage_params":
+            (trial_dir / "params.json").write_text('{"lmbda": 0.00')
+        else:
+            (trial_dir / "params.json").write_text(json.dumps(config, indent=2))
+        lines = [json.dumps({**row, "config": config}) for row in rows]
+        if corrupt == "truncated_result" and lines:
+            lines[-1] = lines[-1][: len(lines[-1]) // 2]
+        if corrupt == "garbage_result" and lines:
+            lines.insert(len(lines) // 2, "\x00\x00 this is not json")
+        if corrupt == "empty_result":
+            lines = []
+        if corrupt != "no_result":
+            (trial_dir / "result.json").write_text("".join(line + "\n" for line in lines))
+        columns = list(dict.fromkeys(k for row in rows for k in row))
+        with open(trial_dir / "progress.csv", "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=columns)
+            writer.writeheader()
+            writer.writerows(rows)
+        if errored:
+            (trial_dir / "error.txt").write_text(f"Failure # 1 (occurred at {date})\nRuntimeError: fake failure\n")
+    if experiment_state:
+        state = {"trial_data": trial_data, "runner_data": {"_session_str": date}, "stats": {"start_time": 0.0}}
+        (root / f"experiment_state-{date}.json").write_text(json.dumps(state))
+    return root
