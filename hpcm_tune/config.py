@@ -1,0 +1,417 @@
+"""The configuration of one training run: a frozen dataclass tree built from flat or nested dicts.
+
+Ray passes a trial's config as a flat dict, so the flat keys of docs/architecture.md (the original design's
+names kept: gamma_s1, gamma_s2, gamma_s3, w_lr, scale_weights, gamma_strategy, clip_max_norm) are the public
+form; ``RunConfig.from_dict`` also accepts the nested form (``{"optimizer": {"lr": 1e-4}, ...}``, field names
+of the section dataclasses). Every value is checked at construction: a bad key or value raises ValueError
+naming the key, the value and what is allowed, so a typo in a search space fails before any trial starts.
+
+Defaults are the published ones (HPCM, ICCV 2025, official training; Balanced-RD, CVPR 2025; DESIGN.md §2-§4):
+Adam lr 1e-4 stepped down at epochs 2750/2850/2950 of 3001, clip norm 1.0, w_lr 0.025, gammas
+0.008/0.006/0.004, scale weights [0.3, 0.4, 0.3], min loss -1, same-batch re-evaluation, fixed gammas.
+
+This module imports neither torch nor Ray at import time (the sweep validates search spaces with it); names
+owned by other modules (presets, objectives, weightings, gamma strategies) are checked against their
+registries, imported lazily on the first validation.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import numbers
+from collections.abc import Callable, Mapping
+from dataclasses import MISSING, asdict, dataclass, field, fields, replace
+from typing import Any
+
+from hpcm_tune.registry import Registry
+
+# ---------------------------------------------------------------------------------------------------------------
+# Learning-rate schedules (pure functions of the epoch).
+
+# The official HPCM step-down: lr 1e-4 -> 3e-5 / 1e-5 / 1e-6 at epochs 2750 / 2850 / 2950 of 3001 (DESIGN.md §2),
+# as (milestone epoch, factor of the base lr from that epoch on) out of OFFICIAL_EPOCHS.
+OFFICIAL_EPOCHS = 3001
+OFFICIAL_LR_STEPS: tuple[tuple[int, float], ...] = ((2750, 0.3), (2850, 0.1), (2950, 0.01))
+# Cosine ends where the official step-down ends (1e-6 from 1e-4).
+COSINE_FINAL_FACTOR = 0.01
+
+LR_SCHEDULES: Registry[Callable[[int, int], float]] = Registry("lr_schedule")
+
+
+@LR_SCHEDULES.register("step")
+def step_lr_factor(epoch: int, epochs: int) -> float:
+    """The official step-down scaled to ``epochs``: a milestone m of 3001 applies from the first 0-based epoch
+    e with e / epochs >= m / 3001 (integer arithmetic, so 3001 epochs give exactly 2750/2850/2950)."""
+    factor = 1.0
+    for milestone, step_factor in OFFICIAL_LR_STEPS:
+        if epoch * OFFICIAL_EPOCHS >= milestone * epochs:
+            factor = step_factor
+    return factor
+
+
+@LR_SCHEDULES.register("cosine")
+def cosine_lr_factor(epoch: int, epochs: int) -> float:
+    """Cosine annealing from 1 to COSINE_FINAL_FACTOR over the run (0-based epoch)."""
+    p = min(max(epoch / epochs, 0.0), 1.0)
+    return COSINE_FINAL_FACTOR + (1.0 - COSINE_FINAL_FACTOR) * 0.5 * (1.0 + math.cos(math.pi * p))
+
+
+@LR_SCHEDULES.register("constant")
+def constant_lr_factor(epoch: int, epochs: int) -> float:
+    """No schedule (useful for short tests and fine-tuning)."""
+    return 1.0
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Names owned by other modules, looked up lazily so this module stays importable without torch.
+
+# The weighting method that goes with each objective when ``weighting`` is not given (docs/architecture.md).
+DEFAULT_WEIGHTING: dict[str, str] = {"standard": "standard", "balanced": "famo", "hierarchical": "hierarchical"}
+
+
+def _registry_names(module: str, attribute: str) -> tuple[str, ...] | None:
+    """The valid names of another module's registry (or dict), or None while that module does not exist yet."""
+    import importlib
+
+    try:
+        table = getattr(importlib.import_module(module), attribute)
+    except (ImportError, AttributeError):
+        return None
+    return tuple(table.names()) if isinstance(table, Registry) else tuple(table)
+
+
+def _check_choice(key: str, value: Any, allowed: tuple[str, ...] | None) -> str:
+    if not isinstance(value, str) or (allowed is not None and value not in allowed):
+        shown = ", ".join(allowed) if allowed is not None else "a name"
+        raise ValueError(f"{key}: got {value!r}; allowed: {shown}")
+    return value
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Value checks; each names the flat key.
+
+
+def _number(key: str, value: Any, *, low: float | None = None, low_open: bool = False, high: float | None = None,
+            what: str = "") -> float:
+    original = value
+    if isinstance(value, str):  # YAML 1.1 reads "1e-4" (no dot) as a string
+        with contextlib.suppress(ValueError):
+            value = float(value)
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(float(value)):
+        raise ValueError(f"{key}: got {original!r}; allowed: a finite number{what}")
+    value = float(value)
+    if low is not None and (value < low or (low_open and value == low)):
+        raise ValueError(f"{key}: got {original!r}; allowed: a finite number{what}")
+    if high is not None and value > high:
+        raise ValueError(f"{key}: got {original!r}; allowed: a finite number{what}")
+    return value
+
+
+def _integer(key: str, value: Any, *, low: int, what: str = "") -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or int(value) < low:
+        raise ValueError(f"{key}: got {value!r}; allowed: an integer >= {low}{what}")
+    return int(value)
+
+
+def _boolean(key: str, value: Any) -> bool:
+    if type(value).__module__ == "numpy" and type(value).__name__ in ("bool_", "bool"):
+        value = bool(value)  # a searcher may hand numpy booleans
+    if not isinstance(value, bool):
+        raise ValueError(f"{key}: got {value!r}; allowed: true or false")
+    return value
+
+
+def _string(key: str, value: Any, *, empty_ok: bool = True) -> str:
+    if not isinstance(value, str) or (not empty_ok and not value):
+        raise ValueError(f"{key}: got {value!r}; allowed: a {'' if empty_ok else 'non-empty '}string")
+    return value
+
+
+def _set(obj: Any, name: str, value: Any) -> None:
+    object.__setattr__(obj, name, value)  # normalising a frozen dataclass's own field in __post_init__
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The sections. Field metadata "key" is the flat key (when it differs from the field name).
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The HPCM preset (hpcm_tune.models.PRESETS: tiny, small, base, large)."""
+
+    preset: str = "tiny"
+
+    def __post_init__(self) -> None:
+        _check_choice("preset", self.preset, _registry_names("hpcm_tune.models", "PRESETS"))
+
+
+@dataclass(frozen=True)
+class ObjectiveConfig:
+    """L = lambda * D + R and its split into tasks (hpcm_tune.objectives, DESIGN.md §3)."""
+
+    name: str = field(default="hierarchical", metadata={"key": "objective"})
+    lmbda: float = 0.0067
+    decomposition: str = "measured"
+    distortion: str = "mse"
+
+    def __post_init__(self) -> None:
+        _check_choice("objective", self.name, _registry_names("hpcm_tune.objectives", "OBJECTIVES"))
+        _set(self, "lmbda", _number("lmbda", self.lmbda, low=0.0, low_open=True, what=" > 0"))
+        _check_choice("decomposition", self.decomposition, _registry_names("hpcm_tune.objectives", "DECOMPOSITIONS"))
+        _check_choice("distortion", self.distortion, _registry_names("hpcm_tune.objectives", "DISTORTIONS"))
+
+
+@dataclass(frozen=True)
+class WeightingConfig:
+    """The task weighting (FAMO adapted as in Balanced-RD; hierarchical: 5 tasks with scale gammas).
+
+    ``name`` None follows the objective (DEFAULT_WEIGHTING); RunConfig resolves it.
+    """
+
+    name: str | None = field(default=None, metadata={"key": "weighting"})
+    w_lr: float = 0.025
+    gamma_s1: float = 0.008
+    gamma_s2: float = 0.006
+    gamma_s3: float = 0.004
+    scale_weights: tuple[float, float, float] = (0.3, 0.4, 0.3)
+    min_loss: float = -1.0
+    update_mode: str = "same_batch"
+
+    def __post_init__(self) -> None:
+        if self.name is not None:
+            _check_choice("weighting", self.name, _registry_names("hpcm_tune.weighting", "WEIGHTINGS"))
+        _set(self, "w_lr", _number("w_lr", self.w_lr, low=0.0, low_open=True, what=" > 0"))
+        for key in ("gamma_s1", "gamma_s2", "gamma_s3"):
+            _set(self, key, _number(key, getattr(self, key), low=0.0, what=" >= 0"))
+        weights = self.scale_weights
+        allowed = "three numbers >= 0 (s1, s2, s3) with a positive sum"
+        if isinstance(weights, str | bytes) or not hasattr(weights, "__len__") or len(weights) != 3:
+            raise ValueError(f"scale_weights: got {weights!r}; allowed: {allowed}")
+        try:
+            values = tuple(_number("scale_weights", w, low=0.0) for w in weights)
+        except ValueError:
+            raise ValueError(f"scale_weights: got {weights!r}; allowed: {allowed}") from None
+        if sum(values) <= 0:
+            raise ValueError(f"scale_weights: got {weights!r}; allowed: {allowed}")
+        _set(self, "scale_weights", values)
+        _set(self, "min_loss", _number("min_loss", self.min_loss))
+        _check_choice("update_mode", self.update_mode, _registry_names("hpcm_tune.weighting", "UPDATE_MODES"))
+
+    @property
+    def gammas(self) -> tuple[float, float, float]:
+        return (self.gamma_s1, self.gamma_s2, self.gamma_s3)
+
+
+@dataclass(frozen=True)
+class ScheduleConfig:
+    """The gamma schedule (hpcm_tune.schedules, DESIGN.md §4)."""
+
+    gamma_strategy: str = "fixed"
+
+    def __post_init__(self) -> None:
+        _check_choice("gamma_strategy", self.gamma_strategy, _registry_names("hpcm_tune.schedules", "STRATEGIES"))
+
+
+@dataclass(frozen=True)
+class OptimizerConfig:
+    """Adam on the model parameters with a per-epoch LR schedule and one gradient clip per step."""
+
+    lr: float = 1e-4
+    lr_schedule: str = "step"
+    clip_max_norm: float = 1.0
+
+    def __post_init__(self) -> None:
+        _set(self, "lr", _number("lr", self.lr, low=0.0, low_open=True, what=" > 0"))
+        _check_choice("lr_schedule", self.lr_schedule, LR_SCHEDULES.names())
+        _set(self, "clip_max_norm", _number("clip_max_norm", self.clip_max_norm, low=0.0,
+                                            what=" >= 0 (0 turns clipping off)"))
+
+    def lr_at(self, epoch: int, epochs: int) -> float:
+        """The learning rate of 0-based ``epoch`` of a run of ``epochs`` epochs."""
+        return self.lr * LR_SCHEDULES.get(self.lr_schedule)(epoch, epochs)
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Training crops and evaluation images (hpcm_tune.data). ``data``: ``samples`` (the embedded photos) or
+    the root of a CompressAI ImageFolder (root/train, root/test)."""
+
+    data: str = "samples"
+    batch_size: int = 8
+    patch_size: int = 256
+    num_workers: int = 2
+    eval_max_images: int = 0
+
+    def __post_init__(self) -> None:
+        _set(self, "data", _string("data", self.data, empty_ok=False))
+        _set(self, "batch_size", _integer("batch_size", self.batch_size, low=1))
+        _set(self, "patch_size", _integer("patch_size", self.patch_size, low=16))
+        if self.patch_size % 16:
+            raise ValueError(f"patch_size: got {self.patch_size!r}; allowed: a multiple of 16 (HPCM's stride), >= 16")
+        _set(self, "num_workers", _integer("num_workers", self.num_workers, low=0))
+        _set(self, "eval_max_images", _integer("eval_max_images", self.eval_max_images, low=0, what=" (0: all)"))
+
+
+@dataclass(frozen=True)
+class RunSection:
+    """Length, evaluation cadence, randomness and hardware of the run."""
+
+    epochs: int = 100
+    steps_per_epoch: int | None = None
+    eval_interval: int = 1
+    codec_interval: int = 1
+    seed: int = 0
+    device: str = "auto"
+    amp: bool = False
+    compile: bool = False
+    channels_last: bool = False
+    max_nonfinite: int = 20
+
+    def __post_init__(self) -> None:
+        _set(self, "epochs", _integer("epochs", self.epochs, low=1))
+        if self.steps_per_epoch is not None:
+            _set(self, "steps_per_epoch", _integer("steps_per_epoch", self.steps_per_epoch, low=1,
+                                                   what=" or null (one pass over the training images)"))
+        _set(self, "eval_interval", _integer("eval_interval", self.eval_interval, low=1))
+        _set(self, "codec_interval", _integer("codec_interval", self.codec_interval, low=0,
+                                              what=" (evaluations between real-codec runs; 0: never)"))
+        _set(self, "seed", _integer("seed", self.seed, low=0))
+        device = self.device
+        ok = isinstance(device, str) and (
+            device in ("auto", "cpu", "cuda") or (device.startswith("cuda:") and device[5:].isdigit())
+        )
+        if not ok:
+            raise ValueError(f"device: got {device!r}; allowed: auto, cpu, cuda, cuda:N")
+        for key in ("amp", "compile", "channels_last"):
+            _set(self, key, _boolean(key, getattr(self, key)))
+        _set(self, "max_nonfinite", _integer("max_nonfinite", self.max_nonfinite, low=1))
+
+
+@dataclass(frozen=True)
+class MetaConfig:
+    """Labels for analysis (analyze.py reads them); training ignores them."""
+
+    study: str = ""
+    label: str = ""
+
+    def __post_init__(self) -> None:
+        _set(self, "study", _string("study", self.study))
+        _set(self, "label", _string("label", self.label))
+
+
+SECTIONS: dict[str, type] = {
+    "model": ModelConfig,
+    "objective": ObjectiveConfig,
+    "weighting": WeightingConfig,
+    "schedule": ScheduleConfig,
+    "optimizer": OptimizerConfig,
+    "data": DataConfig,
+    "run": RunSection,
+    "meta": MetaConfig,
+}
+
+# The one table of flat keys: flat key -> (section, field).
+FLAT_KEYS: dict[str, tuple[str, str]] = {
+    f.metadata.get("key", f.name): (section, f.name) for section, cls in SECTIONS.items() for f in fields(cls)
+}
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """One training run. Build with ``RunConfig.from_dict(d)``; ``to_dict()`` gives the flat form."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
+    weighting: WeightingConfig = field(default_factory=WeightingConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    run: RunSection = field(default_factory=RunSection)
+    meta: MetaConfig = field(default_factory=MetaConfig)
+
+    def __post_init__(self) -> None:
+        for name, cls in SECTIONS.items():
+            if not isinstance(getattr(self, name), cls):
+                raise ValueError(f"{name}: got {getattr(self, name)!r}; allowed: a {cls.__name__}")
+        if self.weighting.name is None:
+            _set(self, "weighting", replace(self.weighting, name=DEFAULT_WEIGHTING.get(self.objective.name,
+                                                                                     "standard")))
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any] | None = None) -> RunConfig:
+        """Flat keys (FLAT_KEYS), nested sections (SECTIONS with their field names), or a mix of both."""
+        if d is None:
+            d = {}
+        if not isinstance(d, Mapping):
+            raise ValueError(f"config: got {type(d).__name__}; allowed: a mapping of keys to values")
+        values: dict[str, dict[str, Any]] = {name: {} for name in SECTIONS}
+        origin: dict[tuple[str, str], str] = {}
+
+        def put(section: str, name: str, value: Any, key: str) -> None:
+            if (section, name) in origin:
+                raise ValueError(f"{key}: given twice (also as {origin[section, name]!r})")
+            origin[section, name] = key
+            values[section][name] = value
+
+        for key, value in d.items():
+            if key in SECTIONS and isinstance(value, Mapping):
+                valid = {f.name for f in fields(SECTIONS[key])}
+                for name, inner in value.items():
+                    if name not in valid:
+                        raise ValueError(
+                            f"{key}.{name}: unknown key; allowed in section {key!r}: {', '.join(sorted(valid))}"
+                        )
+                    put(key, name, inner, f"{key}.{name}")
+            elif key in FLAT_KEYS:
+                section, name = FLAT_KEYS[key]
+                put(section, name, value, key)
+            else:
+                raise ValueError(
+                    f"{key}: unknown key (value {value!r}); allowed: {', '.join(sorted(FLAT_KEYS))} "
+                    f"or the sections {', '.join(SECTIONS)}"
+                )
+        return cls(**{name: SECTIONS[name](**values[name]) for name in SECTIONS})
+
+    def to_dict(self) -> dict[str, Any]:
+        """The flat form (what Ray passes and params.json holds); ``from_dict(to_dict())`` is the same config."""
+        out: dict[str, Any] = {}
+        for key, (section, name) in FLAT_KEYS.items():
+            value = getattr(getattr(self, section), name)
+            out[key] = list(value) if isinstance(value, tuple) else value
+        return out
+
+    def to_nested(self) -> dict[str, dict[str, Any]]:
+        return {name: asdict(getattr(self, name)) for name in SECTIONS}
+
+    def with_updates(self, **flat: Any) -> RunConfig:
+        """A copy with some flat keys changed (validated like from_dict)."""
+        return RunConfig.from_dict({**self.to_dict(), **flat})
+
+
+def flat_defaults() -> dict[str, Any]:
+    """Every flat key with its default (weighting unresolved: None follows the objective)."""
+    out: dict[str, Any] = {}
+    for key, (section, name) in FLAT_KEYS.items():
+        f = next(f for f in fields(SECTIONS[section]) if f.name == name)
+        out[key] = f.default if f.default is not MISSING else f.default_factory()  # type: ignore[misc]
+    return out
+
+
+__all__ = [
+    "DEFAULT_WEIGHTING",
+    "FLAT_KEYS",
+    "LR_SCHEDULES",
+    "OFFICIAL_LR_STEPS",
+    "SECTIONS",
+    "DataConfig",
+    "MetaConfig",
+    "ModelConfig",
+    "ObjectiveConfig",
+    "OptimizerConfig",
+    "RunConfig",
+    "RunSection",
+    "ScheduleConfig",
+    "WeightingConfig",
+    "flat_defaults",
+]
