@@ -1,0 +1,697 @@
+"""Search-space files: parsing and validation, before Ray starts.
+
+A search space is a YAML file (format: ``search_spaces/README.md``) with the fixed config keys, the searched
+parameters (fixed, uniform, loguniform, quniform, randint, choice, grid, simplex), optional named
+configurations (the ablation studies of DESIGN.md §7, e.g. "s2 emphasis"), and the sweep settings: metric,
+mode, scheduler, searcher, samples, repeats (seeds), resources. Every mistake is reported as a
+``SpaceError`` naming the file, the key and the value, so a typo never costs a cluster start.
+
+This module is plain Python (no Ray): the translation to Ray Tune and Optuna lives in ``searchers.py``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import numbers
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from hpcm_tune import metrics
+
+# Flat RunConfig keys (docs/architecture.md). Used until hpcm_tune.config exists; afterwards the keys of
+# RunConfig().to_dict() are the authority (see known_config_keys()).
+CONTRACT_CONFIG_KEYS: tuple[str, ...] = (
+    "preset", "objective", "weighting", "decomposition", "distortion", "lmbda", "w_lr", "gamma_s1", "gamma_s2",
+    "gamma_s3", "scale_weights", "min_loss", "update_mode", "gamma_strategy", "clip_max_norm", "lr",
+    "lr_schedule", "batch_size", "patch_size", "epochs", "steps_per_epoch", "eval_interval", "codec_interval",
+    "seed", "device", "amp", "compile", "data", "num_workers", "study", "label",
+)
+# Keys a file sets through its own fields, never in fixed/params/configurations.
+RESERVED_KEYS: frozenset[str] = frozenset({"study", "label"})
+# Prefix of the search internals (the raw draws behind a simplex); ignored by training and analysis.
+INTERNAL_PREFIX = "_"
+# The key whose value splits trials into groups that are never compared (different lambda = different loss).
+LAMBDA_KEY = "lmbda"
+SEED_KEY = "seed"
+GAMMA_KEYS: tuple[str, ...] = tuple(f"gamma_{scale}" for scale in metrics.SCALES)
+EPOCHS_KEY = "epochs"
+
+TOP_LEVEL_KEYS: frozenset[str] = frozenset({
+    "study", "description", "metric", "mode", "samples", "repeats", "max_concurrent", "max_failures",
+    "checkpoints_to_keep", "delete_stopped_checkpoints", "resources", "scheduler", "searcher", "fixed", "params",
+    "configurations",
+})
+SCHEDULER_NAMES: tuple[str, ...] = ("asha", "fifo", "pbt")
+SEARCHER_NAMES: tuple[str, ...] = ("optuna", "random", "grid")
+# Options each scheduler/searcher accepts in the file (values checked in validate()).
+SCHEDULER_OPTIONS: dict[str, frozenset[str]] = {
+    "asha": frozenset({"grace_period", "reduction_factor", "group_by"}),
+    "fifo": frozenset(),
+    "pbt": frozenset({"perturbation_interval", "quantile_fraction", "resample_probability"}),
+}
+SEARCHER_OPTIONS: dict[str, frozenset[str]] = {
+    "optuna": frozenset({"sampler", "n_startup_trials"}),
+    "random": frozenset(),
+    "grid": frozenset(),
+}
+OPTUNA_SAMPLERS: tuple[str, ...] = ("tpe", "random")
+# Metrics a scheduler/searcher may watch (reported every epoch by the engine).
+WATCHABLE_METRICS: tuple[str, ...] = (*metrics.EVAL_METRICS, metrics.TRAIN_LOSS, metrics.TRAIN_BPP, metrics.TRAIN_PSNR)
+RESOURCE_KEYS: frozenset[str] = frozenset({"cpus", "gpus"})
+
+
+class SpaceError(ValueError):
+    """A search-space file or override is invalid; the message names the file, the key and the value."""
+
+    def __init__(self, source: str, key: str, value: Any, allowed: str) -> None:
+        self.source, self.key, self.value, self.allowed = source, key, value, allowed
+        super().__init__(f"{source}: {key} = {value!r}: {allowed}")
+
+
+def known_config_keys() -> frozenset[str]:
+    """The flat RunConfig keys: from hpcm_tune.config when it exists, else the architecture contract."""
+    try:
+        from hpcm_tune.config import RunConfig
+    except ImportError:
+        return frozenset(CONTRACT_CONFIG_KEYS)
+    try:
+        return frozenset(RunConfig().to_dict()) | RESERVED_KEYS
+    except Exception:  # RunConfig may need arguments; the contract list is then the best we know
+        return frozenset(CONTRACT_CONFIG_KEYS)
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(float(v))
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, numbers.Integral) and not isinstance(v, bool)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Parameter domains
+# ----------------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Domain:
+    """One searched parameter. ``kind`` is the YAML ``type``."""
+
+    kind: str = field(init=False, default="")
+
+    def is_grid(self) -> bool:
+        return False
+
+    def is_random(self) -> bool:
+        """True when the value is drawn at random (needs a sampling searcher, not `grid`)."""
+        return True
+
+    def bounds(self) -> tuple[float, float] | None:
+        """(low, high) for numeric domains, for the sign checks of validate()."""
+        return None
+
+    def values(self) -> tuple[Any, ...]:
+        return ()
+
+
+@dataclass(frozen=True)
+class Fixed(Domain):
+    value: Any
+    kind: str = field(init=False, default="fixed")
+
+    def is_random(self) -> bool:
+        return False
+
+    def values(self) -> tuple[Any, ...]:
+        return (self.value,)
+
+
+@dataclass(frozen=True)
+class Uniform(Domain):
+    low: float
+    high: float
+    kind: str = field(init=False, default="uniform")
+
+    def bounds(self) -> tuple[float, float]:
+        return (self.low, self.high)
+
+
+@dataclass(frozen=True)
+class LogUniform(Domain):
+    low: float
+    high: float
+    kind: str = field(init=False, default="loguniform")
+
+    def bounds(self) -> tuple[float, float]:
+        return (self.low, self.high)
+
+
+@dataclass(frozen=True)
+class QUniform(Domain):
+    low: float
+    high: float
+    q: float
+    kind: str = field(init=False, default="quniform")
+
+    def bounds(self) -> tuple[float, float]:
+        return (self.low, self.high)
+
+
+@dataclass(frozen=True)
+class RandInt(Domain):
+    """Integers in [low, high) (Ray Tune's convention: high is excluded)."""
+
+    low: int
+    high: int
+    kind: str = field(init=False, default="randint")
+
+    def bounds(self) -> tuple[float, float]:
+        return (self.low, self.high - 1)
+
+
+@dataclass(frozen=True)
+class Choice(Domain):
+    choices: tuple[Any, ...]
+    kind: str = field(init=False, default="choice")
+
+    def values(self) -> tuple[Any, ...]:
+        return self.choices
+
+
+@dataclass(frozen=True)
+class Grid(Domain):
+    """Every value is run (a grid axis); with lmbda, the lambda grid the BD-rate needs."""
+
+    grid: tuple[Any, ...]
+    kind: str = field(init=False, default="grid")
+
+    def is_grid(self) -> bool:
+        return True
+
+    def is_random(self) -> bool:
+        return False
+
+    def values(self) -> tuple[Any, ...]:
+        return self.grid
+
+
+@dataclass(frozen=True)
+class Simplex(Domain):
+    """``dim`` non-negative weights summing to 1, each at least ``min``: w = min + (1 - dim*min) * d with d
+    uniform on the simplex (Dirichlet(1), drawn as normalised -log(u) of ``dim`` uniforms u)."""
+
+    dim: int
+    min: float = 0.0
+    kind: str = field(init=False, default="simplex")
+
+    def raw_keys(self, name: str) -> tuple[str, ...]:
+        """Names of the uniform draws behind the weights (search internals, prefixed by '_')."""
+        return tuple(f"{INTERNAL_PREFIX}simplex_{name}_{i}" for i in range(self.dim))
+
+    def from_uniforms(self, us: list[float]) -> list[float]:
+        # u is in (0, 1]; clip away 0 so -log stays finite.
+        e = [-math.log(min(max(float(u), 1e-12), 1.0)) + 1e-12 for u in us]
+        total = sum(e)
+        free = 1.0 - self.dim * self.min
+        return [round(self.min + free * v / total, 6) for v in e]
+
+
+def _num(source: str, key: str, spec: Mapping, name: str, integer: bool = False) -> Any:
+    if name not in spec:
+        raise SpaceError(source, key, dict(spec), f"missing '{name}'")
+    v = spec[name]
+    ok = _is_int(v) if integer else _is_number(v)
+    if not ok:
+        raise SpaceError(source, f"{key}.{name}", v, "must be an integer" if integer else "must be a finite number")
+    return v
+
+
+DOMAIN_FIELDS: dict[str, frozenset[str]] = {
+    "fixed": frozenset({"value"}),
+    "uniform": frozenset({"low", "high"}),
+    "loguniform": frozenset({"low", "high"}),
+    "quniform": frozenset({"low", "high", "q"}),
+    "randint": frozenset({"low", "high"}),
+    "choice": frozenset({"values"}),
+    "grid": frozenset({"values"}),
+    "simplex": frozenset({"dim", "min"}),
+}
+
+
+def parse_domain(source: str, key: str, spec: Any) -> Domain:
+    """A ``params`` entry: a mapping with ``type`` (or a bare value, meaning fixed)."""
+    if not isinstance(spec, Mapping):
+        return Fixed(spec)
+    kind = spec.get("type")
+    if kind not in DOMAIN_FIELDS:
+        raise SpaceError(source, f"params.{key}.type", kind, f"allowed: {', '.join(DOMAIN_FIELDS)}")
+    extra = set(spec) - DOMAIN_FIELDS[kind] - {"type"}
+    if extra:
+        raise SpaceError(source, f"params.{key}", sorted(extra)[0],
+                         f"unknown field for type {kind}; allowed: {', '.join(sorted(DOMAIN_FIELDS[kind]))}")
+    where = f"params.{key}"
+    if kind == "fixed":
+        if "value" not in spec:
+            raise SpaceError(source, where, dict(spec), "missing 'value'")
+        return Fixed(spec["value"])
+    if kind in ("uniform", "loguniform", "quniform"):
+        low, high = _num(source, where, spec, "low"), _num(source, where, spec, "high")
+        if not low < high:
+            raise SpaceError(source, f"{where}.low", low, f"must be below high ({high})")
+        if kind == "loguniform" and low <= 0:
+            raise SpaceError(source, f"{where}.low", low, "loguniform needs low > 0")
+        if kind == "uniform":
+            return Uniform(float(low), float(high))
+        if kind == "loguniform":
+            return LogUniform(float(low), float(high))
+        q = _num(source, where, spec, "q")
+        if q <= 0 or q > high - low:
+            raise SpaceError(source, f"{where}.q", q, f"must be in (0, high - low = {high - low}]")
+        return QUniform(float(low), float(high), float(q))
+    if kind == "randint":
+        low, high = _num(source, where, spec, "low", integer=True), _num(source, where, spec, "high", integer=True)
+        if not low < high:
+            raise SpaceError(source, f"{where}.low", low, f"must be below high ({high}; high is excluded)")
+        return RandInt(int(low), int(high))
+    if kind in ("choice", "grid"):
+        vals = spec.get("values")
+        if not isinstance(vals, list) or not vals:
+            raise SpaceError(source, f"{where}.values", vals, "must be a non-empty list")
+        if len({repr(v) for v in vals}) != len(vals):
+            raise SpaceError(source, f"{where}.values", vals, "values must be distinct")
+        return Choice(tuple(vals)) if kind == "choice" else Grid(tuple(vals))
+    # simplex
+    dim = _num(source, where, spec, "dim", integer=True)
+    if dim < 2:
+        raise SpaceError(source, f"{where}.dim", dim, "a simplex needs at least 2 weights")
+    lo = spec.get("min", 0.0)
+    if not _is_number(lo) or lo < 0 or dim * lo >= 1.0:
+        raise SpaceError(source, f"{where}.min", lo,
+                         f"must be >= 0 with dim*min < 1 so {dim} weights >= min can sum to 1")
+    return Simplex(int(dim), float(lo))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The search space
+# ----------------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SearchSpace:
+    """A validated search-space file (plus command-line overrides, applied with ``with_overrides``)."""
+
+    source: str
+    study: str
+    fixed: dict[str, Any]
+    params: dict[str, Domain] = field(default_factory=dict)
+    configurations: dict[str, dict[str, Any]] = field(default_factory=dict)
+    description: str = ""
+    metric: str = metrics.DEFAULT_METRIC
+    mode: str = metrics.DEFAULT_MODE
+    samples: int = 1
+    repeats: int = 1
+    max_concurrent: int = 2
+    max_failures: int = 1
+    checkpoints_to_keep: int = 2
+    delete_stopped_checkpoints: bool = False
+    cpus: float = 1.0
+    gpus: float = 0.0
+    scheduler: str = "asha"
+    scheduler_options: dict[str, Any] = field(default_factory=dict)
+    searcher: str = "optuna"
+    searcher_options: dict[str, Any] = field(default_factory=dict)
+    seed: int = 0
+    raw: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        validate(self)
+
+    # -- derived facts ------------------------------------------------------------------------------------------
+    @property
+    def max_epochs(self) -> int:
+        return int(self.fixed[EPOCHS_KEY])
+
+    @property
+    def seeds(self) -> tuple[int, ...]:
+        return tuple(self.seed + i for i in range(self.repeats))
+
+    def lambdas(self) -> tuple[float, ...]:
+        """The lambda values of the sweep (one group each, never compared with each other)."""
+        if LAMBDA_KEY in self.params:
+            return tuple(self.params[LAMBDA_KEY].values())
+        vals = {c[LAMBDA_KEY] for c in self.configurations.values() if LAMBDA_KEY in c}
+        if vals:
+            return tuple(sorted(vals))
+        return (self.fixed[LAMBDA_KEY],) if LAMBDA_KEY in self.fixed else ()
+
+    def grid_size(self) -> int:
+        """Trials per sample: product of grid axes, configurations and seeds."""
+        n = max(1, len(self.configurations)) * self.repeats
+        for d in self.params.values():
+            if d.is_grid() or (self.searcher == "grid" and isinstance(d, Choice)):
+                n *= len(d.values())
+        return n
+
+    def total_trials(self) -> int:
+        return self.grid_size() * self.samples if self.searcher != "optuna" else self.samples
+
+    def with_overrides(self, **overrides: Any) -> SearchSpace:
+        """A new validated space with command-line overrides; ``epochs`` goes into ``fixed``.
+        None values are ignored (flag not given)."""
+        overrides = {k: v for k, v in overrides.items() if v is not None}
+        fixed = dict(self.fixed)
+        if EPOCHS_KEY in overrides:
+            fixed[EPOCHS_KEY] = overrides.pop(EPOCHS_KEY)
+        names = {f.name for f in dataclasses.fields(self)}
+        for k in overrides:
+            if k not in names:
+                raise SpaceError("command line", k, overrides[k], f"not an overridable setting; allowed: "
+                                 f"{', '.join(sorted(names - {'source', 'raw', 'fixed'}))}, epochs")
+        if "scheduler" in overrides and overrides["scheduler"] != self.scheduler:
+            overrides.setdefault("scheduler_options", {})
+        if "searcher" in overrides and overrides["searcher"] != self.searcher:
+            overrides.setdefault("searcher_options", {})
+        return dataclasses.replace(self, fixed=fixed, **overrides)
+
+    def to_json(self) -> dict[str, Any]:
+        """The parsed content as plain JSON (written to hpcm_tune.json)."""
+        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in ("params", "raw")}
+        out["params"] = {k: {"type": d.kind, **{f.name: getattr(d, f.name) for f in dataclasses.fields(d)
+                                               if f.name != "kind"}} for k, d in self.params.items()}
+        return _jsonable(out)
+
+
+def _jsonable(v: Any) -> Any:
+    if isinstance(v, Mapping):
+        return {str(k): _jsonable(x) for k, x in v.items()}
+    if isinstance(v, list | tuple):
+        return [_jsonable(x) for x in v]
+    return v
+
+
+def _check_value(source: str, key: str, value: Any) -> None:
+    """Sign and shape checks for values whose meaning we know (the rest is RunConfig's job)."""
+    if key in GAMMA_KEYS:
+        if not _is_number(value) or value < 0:
+            raise SpaceError(source, key, value, "gammas must be finite numbers >= 0")
+    elif key in (LAMBDA_KEY, "w_lr", "lr"):
+        if not _is_number(value) or value <= 0:
+            raise SpaceError(source, key, value, "must be a finite number > 0")
+    elif key == "scale_weights":
+        if (not isinstance(value, list | tuple) or len(value) != len(metrics.SCALES)
+                or not all(_is_number(w) and w >= 0 for w in value)):
+            raise SpaceError(source, key, value, f"must be {len(metrics.SCALES)} numbers >= 0 (one per scale)")
+        if abs(sum(value) - 1.0) > 1e-3:
+            raise SpaceError(source, key, value, f"weights must sum to 1 (sum is {sum(value):.6g})")
+    elif key in (EPOCHS_KEY, "steps_per_epoch", "batch_size", "eval_interval") and (not _is_int(value) or value < 1):
+        raise SpaceError(source, key, value, "must be an integer >= 1")
+
+
+def _check_domain(source: str, key: str, dom: Domain) -> None:
+    if isinstance(dom, Simplex):
+        if key == "scale_weights" and dom.dim != len(metrics.SCALES):
+            raise SpaceError(source, f"params.{key}.dim", dom.dim, f"scale_weights has {len(metrics.SCALES)} weights")
+        return
+    if key == "scale_weights" and not dom.values():
+        raise SpaceError(source, f"params.{key}.type", dom.kind, "scale_weights takes simplex, choice, grid or fixed")
+    for v in dom.bounds() or ():
+        _check_value(source, key, v)
+    for v in dom.values():
+        _check_value(source, key, v)
+
+
+def validate(space: SearchSpace) -> None:
+    """Every rule a space must satisfy; raises SpaceError naming file, key and value."""
+    src = space.source
+    if not isinstance(space.study, str) or not space.study.strip():
+        raise SpaceError(src, "study", space.study, "a non-empty name")
+    known = known_config_keys()
+    for section, keys in (("fixed", space.fixed), ("params", space.params),
+                          *((f"configurations.{label}", cfg) for label, cfg in space.configurations.items())):
+        for key in keys:
+            if section != "params" and key.startswith(INTERNAL_PREFIX):
+                continue  # test hooks and search internals (e.g. the fake engine's _fake_*), stripped before training
+            if key in RESERVED_KEYS:
+                raise SpaceError(src, f"{section}.{key}", keys[key],
+                                 "set by the sweep (study from 'study', label from 'configurations')")
+            if key not in known:
+                raise SpaceError(src, f"{section}.{key}", keys[key],
+                                 f"unknown config key; allowed: {', '.join(sorted(known - RESERVED_KEYS))}")
+    for key, value in space.fixed.items():
+        _check_value(src, key, value)
+    for key, dom in space.params.items():
+        if key in space.fixed:
+            raise SpaceError(src, f"params.{key}", dom.kind, "also set in fixed; set it in one place")
+        _check_domain(src, key, dom)
+    for label, cfg in space.configurations.items():
+        if not isinstance(label, str) or not label.strip():
+            raise SpaceError(src, "configurations", label, "labels must be non-empty strings")
+        if not isinstance(cfg, Mapping) or not cfg:
+            raise SpaceError(src, f"configurations.{label}", cfg, "a non-empty mapping of config keys to values")
+        for key, value in cfg.items():
+            if key in space.params:
+                raise SpaceError(src, f"configurations.{label}.{key}", value, "also searched in params")
+            _check_value(src, key, value)
+    if len({frozenset(c) for c in space.configurations.values()}) > 1:
+        raise SpaceError(src, "configurations", list(space.configurations),
+                         "every configuration must set the same keys")
+    if EPOCHS_KEY not in space.fixed:
+        raise SpaceError(src, "fixed.epochs", None, "the sweep needs the number of epochs in fixed (max budget)")
+    _check_value(src, EPOCHS_KEY, space.fixed[EPOCHS_KEY])
+    if space.metric not in WATCHABLE_METRICS:
+        raise SpaceError(src, "metric", space.metric, f"allowed: {', '.join(WATCHABLE_METRICS)}")
+    if space.mode not in ("min", "max"):
+        raise SpaceError(src, "mode", space.mode, "allowed: min, max")
+    for name in ("samples", "repeats", "max_concurrent", "checkpoints_to_keep"):
+        v = getattr(space, name)
+        if not _is_int(v) or v < 1:
+            raise SpaceError(src, name, v, "must be an integer >= 1")
+    if not _is_int(space.max_failures) or space.max_failures < 0:
+        raise SpaceError(src, "max_failures", space.max_failures, "must be an integer >= 0")
+    if not _is_int(space.seed) or space.seed < 0:
+        raise SpaceError(src, "seed", space.seed, "must be an integer >= 0")
+    if not isinstance(space.delete_stopped_checkpoints, bool):
+        raise SpaceError(src, "delete_stopped_checkpoints", space.delete_stopped_checkpoints, "true or false")
+    if not _is_number(space.cpus) or space.cpus <= 0:
+        raise SpaceError(src, "resources.cpus", space.cpus, "must be a number > 0")
+    if not _is_number(space.gpus) or space.gpus < 0 or (space.gpus > 1 and not float(space.gpus).is_integer()):
+        raise SpaceError(src, "resources.gpus", space.gpus,
+                         "must be 0, a fraction in (0, 1] (trials share a GPU) or a whole number of GPUs")
+    _validate_scheduler(space)
+    _validate_searcher(space)
+    check_with_run_config(space)
+
+
+def training_config(config: Mapping[str, Any]) -> dict[str, Any]:
+    """The flat config the engine gets: the trial config without search internals and test hooks ('_...')."""
+    return {k: v for k, v in config.items() if not str(k).startswith(INTERNAL_PREFIX)}
+
+
+def check_with_run_config(space: SearchSpace) -> None:
+    """Build every representative trial config with RunConfig.from_dict (when hpcm_tune.config exists), so
+    a value the engine would refuse fails here, naming the file, before any trial starts."""
+    try:
+        from hpcm_tune.config import RunConfig
+    except ImportError:
+        return
+    for cfg in trial_configs(space):
+        try:
+            RunConfig.from_dict(training_config(cfg))
+        except ValueError as exc:
+            raise SpaceError(space.source, f"trial config (label {cfg.get('label')!r})",
+                             {k: v for k, v in cfg.items() if k in space.params or k == LAMBDA_KEY},
+                             f"rejected by RunConfig: {exc}") from None
+
+
+def _validate_scheduler(space: SearchSpace) -> None:
+    src, opts = space.source, space.scheduler_options
+    if space.scheduler not in SCHEDULER_NAMES:
+        raise SpaceError(src, "scheduler", space.scheduler, f"allowed: {', '.join(SCHEDULER_NAMES)}")
+    for k in opts:
+        if k not in SCHEDULER_OPTIONS[space.scheduler]:
+            allowed = ", ".join(sorted(SCHEDULER_OPTIONS[space.scheduler])) or "none"
+            raise SpaceError(src, f"scheduler.{k}", opts[k],
+                             f"unknown option for {space.scheduler}; allowed: {allowed}")
+    if space.scheduler == "asha":
+        gp = opts.get("grace_period", 1)
+        if not _is_int(gp) or not 1 <= gp <= space.max_epochs:
+            raise SpaceError(src, "scheduler.grace_period", gp, f"an integer in [1, epochs = {space.max_epochs}]")
+        rf = opts.get("reduction_factor", 2)
+        if not _is_number(rf) or rf <= 1:
+            raise SpaceError(src, "scheduler.reduction_factor", rf, "a number > 1")
+        gb = opts.get("group_by", [LAMBDA_KEY])
+        if not isinstance(gb, list) or not all(isinstance(k, str) for k in gb):
+            raise SpaceError(src, "scheduler.group_by", gb, "a list of config keys")
+        if LAMBDA_KEY not in gb:
+            raise SpaceError(src, "scheduler.group_by", gb,
+                             f"must contain {LAMBDA_KEY}: losses at different lambda are not comparable")
+    if space.scheduler in ("asha", "pbt") and space.fixed.get("eval_interval", 1) != 1 and \
+            space.metric.startswith("eval/"):
+        raise SpaceError(src, "fixed.eval_interval", space.fixed.get("eval_interval"),
+                         f"{space.scheduler} watches {space.metric} every epoch: eval_interval must be 1")
+    if space.scheduler == "pbt":
+        if len(space.lambdas()) > 1:
+            raise SpaceError(src, "scheduler", "pbt", f"PBT copies weights between trials, so it needs one "
+                             f"lambda; this space has {len(space.lambdas())}: run one sweep per lambda")
+        if space.searcher == "optuna":
+            raise SpaceError(src, "searcher", "optuna", "pbt mutates configs itself: use searcher random or grid")
+        pi = opts.get("perturbation_interval", 2)
+        if not _is_int(pi) or pi < 1:
+            raise SpaceError(src, "scheduler.perturbation_interval", pi, "an integer >= 1 (epochs)")
+        qf = opts.get("quantile_fraction", 0.25)
+        if not _is_number(qf) or not 0 < qf <= 0.5:
+            raise SpaceError(src, "scheduler.quantile_fraction", qf, "a number in (0, 0.5]")
+        rp = opts.get("resample_probability", 0.25)
+        if not _is_number(rp) or not 0 <= rp <= 1:
+            raise SpaceError(src, "scheduler.resample_probability", rp, "a number in [0, 1]")
+
+
+def _validate_searcher(space: SearchSpace) -> None:
+    src, opts = space.source, space.searcher_options
+    if space.searcher not in SEARCHER_NAMES:
+        raise SpaceError(src, "searcher", space.searcher, f"allowed: {', '.join(SEARCHER_NAMES)}")
+    for k in opts:
+        if k not in SEARCHER_OPTIONS[space.searcher]:
+            allowed = ", ".join(sorted(SEARCHER_OPTIONS[space.searcher])) or "none"
+            raise SpaceError(src, f"searcher.{k}", opts[k], f"unknown option for {space.searcher}; allowed: {allowed}")
+    if space.searcher == "optuna":
+        sampler = opts.get("sampler", "tpe")
+        if sampler not in OPTUNA_SAMPLERS:
+            raise SpaceError(src, "searcher.sampler", sampler, f"allowed: {', '.join(OPTUNA_SAMPLERS)}")
+        ns = opts.get("n_startup_trials", 4)
+        if not _is_int(ns) or ns < 1:
+            raise SpaceError(src, "searcher.n_startup_trials", ns, "an integer >= 1")
+        for key, dom in space.params.items():
+            if dom.is_grid():
+                raise SpaceError(src, f"params.{key}.type", "grid",
+                                 "searcher optuna samples one study and cannot run a grid axis; use searcher "
+                                 "random/grid, or choice (and beware: ASHA groups by lambda, TPE does not)")
+        if space.configurations:
+            raise SpaceError(src, "configurations", list(space.configurations),
+                             "named configurations are a grid: use searcher grid or random")
+        if space.repeats != 1:
+            raise SpaceError(src, "repeats", space.repeats, "searcher optuna runs one seed per trial; repeats "
+                             "needs searcher grid or random")
+    if space.searcher == "grid":
+        for key, dom in space.params.items():
+            if dom.is_random() and not isinstance(dom, Choice):
+                raise SpaceError(src, f"params.{key}.type", dom.kind,
+                                 "searcher grid enumerates values: use grid, choice or fixed (or searcher random)")
+
+
+def _mapping(source: str, key: str, value: Any) -> dict:
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise SpaceError(source, key, value, "must be a mapping")
+    return dict(value)
+
+
+def _named(source: str, key: str, value: Any, names: tuple[str, ...]) -> tuple[str, dict]:
+    """'asha' or {name: asha, option: ...}."""
+    if isinstance(value, str):
+        return value, {}
+    m = _mapping(source, key, value)
+    if "name" not in m:
+        raise SpaceError(source, key, value, f"a name ({', '.join(names)}) or a mapping with 'name'")
+    name = m.pop("name")
+    return name, m
+
+
+def parse_space(data: Any, source: str = "<string>") -> SearchSpace:
+    """Build a SearchSpace from parsed YAML content (a mapping)."""
+    if not isinstance(data, Mapping):
+        raise SpaceError(source, "<file>", type(data).__name__, "the file must hold a mapping of settings")
+    for key in data:
+        if key not in TOP_LEVEL_KEYS:
+            raise SpaceError(source, str(key), data[key],
+                             f"unknown setting; allowed: {', '.join(sorted(TOP_LEVEL_KEYS))}")
+    fixed = _mapping(source, "fixed", data.get("fixed"))
+    params = {str(k): parse_domain(source, str(k), v)
+              for k, v in _mapping(source, "params", data.get("params")).items()}
+    # A fixed-type param is just a fixed value.
+    for k in [k for k, d in params.items() if isinstance(d, Fixed)]:
+        if k in fixed:
+            raise SpaceError(source, f"params.{k}", params[k].value, "also set in fixed; set it in one place")
+        fixed[k] = params.pop(k).value
+    configurations = {str(k): dict(v) if isinstance(v, Mapping) else v
+                      for k, v in _mapping(source, "configurations", data.get("configurations")).items()}
+    resources = _mapping(source, "resources", data.get("resources"))
+    for k in resources:
+        if k not in RESOURCE_KEYS:
+            raise SpaceError(source, f"resources.{k}", resources[k], f"allowed: {', '.join(sorted(RESOURCE_KEYS))}")
+    scheduler, scheduler_options = _named(source, "scheduler", data.get("scheduler", "asha"), SCHEDULER_NAMES)
+    searcher, searcher_options = _named(source, "searcher", data.get("searcher", "optuna"), SEARCHER_NAMES)
+    seed = fixed.pop(SEED_KEY, 0)
+    kwargs: dict[str, Any] = {}
+    for name in ("description", "metric", "mode", "samples", "repeats", "max_concurrent", "max_failures",
+                 "checkpoints_to_keep", "delete_stopped_checkpoints"):
+        if name in data:
+            kwargs[name] = data[name]
+    return SearchSpace(
+        source=source,
+        study=data.get("study", Path(source).stem),
+        fixed=fixed,
+        params=params,
+        configurations=configurations,
+        cpus=resources.get("cpus", 1.0),
+        gpus=resources.get("gpus", 0.0),
+        scheduler=scheduler,
+        scheduler_options=scheduler_options,
+        searcher=searcher,
+        searcher_options=searcher_options,
+        seed=seed,
+        raw=_jsonable(dict(data)),
+        **kwargs,
+    )
+
+
+def load_space(path: str | Path) -> SearchSpace:
+    """Read and validate a search-space file (safe YAML: no file can execute code)."""
+    path = Path(path)
+    if not path.is_file():
+        raise SpaceError(str(path), "<file>", str(path), "no such file")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise SpaceError(str(path), "<file>", str(path), f"not valid YAML: {exc}") from None
+    return parse_space(data, source=str(path))
+
+
+def resolve_space_path(name_or_path: str, root: Path | None = None) -> Path:
+    """A path, or the name of a preset in search_spaces/ ('default' -> search_spaces/default.yaml)."""
+    p = Path(name_or_path)
+    if p.exists():
+        return p
+    root = root or Path(__file__).resolve().parents[2] / "search_spaces"
+    for cand in (root / name_or_path, root / f"{name_or_path}.yaml"):
+        if cand.is_file():
+            return cand
+    presets = sorted(x.stem for x in root.glob("*.yaml")) if root.is_dir() else []
+    raise SpaceError(name_or_path, "--space", name_or_path, f"no such file or preset; presets: {', '.join(presets)}")
+
+
+def trial_configs(space: SearchSpace) -> list[dict[str, Any]]:
+    """Representative flat trial configs (one per grid point/configuration/seed, random domains at their lower
+    bound or first choice), used to check every combination with RunConfig.from_dict before Ray starts."""
+    base = dict(space.fixed)
+    rows: list[dict[str, Any]] = [{}]
+    for key, dom in space.params.items():
+        if dom.is_grid() or isinstance(dom, Choice):
+            rows = [{**r, key: v} for r in rows for v in dom.values()]
+        elif isinstance(dom, Simplex):
+            rows = [{**r, key: dom.from_uniforms([0.5] * dom.dim)} for r in rows]
+        elif isinstance(dom, RandInt | Uniform | LogUniform | QUniform):
+            rows = [{**r, key: type(dom.low)(dom.low)} for r in rows]
+    labelled = [(label, cfg) for label, cfg in space.configurations.items()] or [(space.study, {})]
+    out = []
+    for label, cfg in labelled:
+        for r in rows:
+            for seed in space.seeds:
+                out.append({**base, **cfg, **r, SEED_KEY: seed, "study": space.study, "label": label})
+    return out
