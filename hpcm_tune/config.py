@@ -166,11 +166,14 @@ class ObjectiveConfig:
 class WeightingConfig:
     """The task weighting (FAMO adapted as in Balanced-RD; hierarchical: 5 tasks with scale gammas).
 
-    ``name`` None follows the objective (DEFAULT_WEIGHTING); RunConfig resolves it.
+    ``name`` None follows the objective (DEFAULT_WEIGHTING); RunConfig resolves it. ``gamma`` is the single
+    logit L2 coefficient of ``famo`` (the balanced grid of DESIGN.md §7); None: the mean of the scale gammas.
+    Scale weights are normalised by the weighting (with a warning) when they do not sum to 1.
     """
 
     name: str | None = field(default=None, metadata={"key": "weighting"})
     w_lr: float = 0.025
+    gamma: float | None = None
     gamma_s1: float = 0.008
     gamma_s2: float = 0.006
     gamma_s3: float = 0.004
@@ -184,16 +187,16 @@ class WeightingConfig:
         _set(self, "w_lr", _number("w_lr", self.w_lr, low=0.0, low_open=True, what=" > 0"))
         for key in ("gamma_s1", "gamma_s2", "gamma_s3"):
             _set(self, key, _number(key, getattr(self, key), low=0.0, what=" >= 0"))
+        if self.gamma is not None:
+            _set(self, "gamma", _number("gamma", self.gamma, low=0.0, what=" >= 0 or null (mean of the scale gammas)"))
         weights = self.scale_weights
-        allowed = "three numbers >= 0 (s1, s2, s3) with a positive sum"
+        allowed = "three numbers > 0 (s1, s2, s3)"
         if isinstance(weights, str | bytes) or not hasattr(weights, "__len__") or len(weights) != 3:
             raise ValueError(f"scale_weights: got {weights!r}; allowed: {allowed}")
         try:
-            values = tuple(_number("scale_weights", w, low=0.0) for w in weights)
+            values = tuple(_number("scale_weights", w, low=0.0, low_open=True) for w in weights)
         except ValueError:
             raise ValueError(f"scale_weights: got {weights!r}; allowed: {allowed}") from None
-        if sum(values) <= 0:
-            raise ValueError(f"scale_weights: got {weights!r}; allowed: {allowed}")
         _set(self, "scale_weights", values)
         _set(self, "min_loss", _number("min_loss", self.min_loss))
         _check_choice("update_mode", self.update_mode, _registry_names("hpcm_tune.weighting", "UPDATE_MODES"))
