@@ -182,7 +182,11 @@ def fake_rd_metrics(config: dict, epoch: int, psnr_offset: float = 0.0, rate_fac
         out[m.EVAL_BPP_SCALE[scale]] = share * bpp
     if ms_ssim:
         out[m.EVAL_MS_SSIM_DB] = 0.55 * psnr - 3.0
-    logits = np.array([0.3, -0.2, 0.1, 0.0, -0.2]) * progress * (1.0 + 0.2 * (seed % 3))
+    # z = softmax(w + log p) with p from the scale weights (DESIGN.md §3), logits w drifting with training.
+    prior = np.array(config.get("scale_weights", (0.3, 0.4, 0.3)), dtype=np.float64)
+    log_p = np.log([prior[m.SCALES.index(m.TASK_SCALE[t])] / sum(m.TASK_SCALE[u] == m.TASK_SCALE[t]
+                                                                  for u in m.TASKS) for t in m.TASKS])
+    logits = np.array([0.3, -0.2, 0.1, 0.0, -0.2]) * progress * (1.0 + 0.2 * (seed % 3)) + log_p
     weights = np.exp(logits) / np.exp(logits).sum()
     for task, w in zip(m.TASKS, weights, strict=True):
         out[m.WEIGHTS[task]] = float(w)

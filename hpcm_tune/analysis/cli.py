@@ -1,0 +1,92 @@
+"""``python analyze.py`` / ``hpcm-analyze``: tables, BD-rates and figures from sweep results on disk.
+
+With no path it analyzes the most recent experiment in the default storage (./results), so
+``python tune.py && python analyze.py`` is the whole loop. Exit status 2 when there is nothing to analyze.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+import warnings
+from pathlib import Path
+
+from hpcm_tune.analysis.bd import BD_METHODS, DEFAULT_MIN_OVERLAP
+from hpcm_tune.analysis.report import build_report, render_markdown, write_outputs
+from hpcm_tune.analysis.results import ResultsWarning, load_experiments
+from hpcm_tune.analysis.tables import POINTS, RATES, AnalysisOptions
+
+DEFAULT_OUT = "analysis"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="analyze.py",
+        description="Ablation tables, BD-rates and RD curves from Ray Tune experiment directories "
+        "(no Ray cluster needed).",
+    )
+    p.add_argument("paths", nargs="*", type=Path,
+                   help="experiment directories, or storage directories (all experiments inside are merged); "
+                   "default: the most recent experiment in --storage")
+    p.add_argument("--storage", type=Path, default=None, help="where sweeps are stored (default: ./results)")
+    p.add_argument("--out", type=Path, default=None,
+                   help=f"output directory (default: ./{DEFAULT_OUT}/<experiment name>)")
+    p.add_argument("--baseline", action="append", default=[], metavar="LABEL|KEY=VALUE",
+                   help="baseline configuration: a label ('s2 emphasis') or key=value (repeat to combine: "
+                   "--baseline objective=balanced --baseline w_lr=0.025); default: the standard objective "
+                   "if present, else the study's default configuration")
+    p.add_argument("--method", choices=BD_METHODS.names(), default="pchip", help="BD-rate fit (default pchip)")
+    p.add_argument("--point", choices=POINTS, default="final",
+                   help="RD point of a trial: its final evaluation or its best epoch (default final)")
+    p.add_argument("--rate", choices=tuple(RATES), default="bpp",
+                   help="rate axis: estimated bpp or actual bitstream bpp (default bpp)")
+    p.add_argument("--include-partial", action="store_true",
+                   help="also use stopped-early, errored and unfinished trials as RD points")
+    p.add_argument("--min-overlap", type=float, default=DEFAULT_MIN_OVERLAP,
+                   help=f"warn (footnote) below this curve overlap (default {DEFAULT_MIN_OVERLAP})")
+    p.add_argument("--no-plots", action="store_true", help="skip the PNG figures")
+    p.add_argument("--quiet", action="store_true", help="do not print the Markdown report")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        options = AnalysisOptions(method=args.method, point=args.point, rate=args.rate,
+                                  include_partial=args.include_partial, baseline=tuple(args.baseline),
+                                  min_overlap=args.min_overlap)
+    except ValueError as err:
+        print(f"analyze.py: {err}", file=sys.stderr)
+        return 2
+    start = time.perf_counter()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ResultsWarning)
+        try:
+            experiments = load_experiments(args.paths, storage=args.storage)
+        except FileNotFoundError as err:
+            print(f"analyze.py: {err}", file=sys.stderr)
+            return 2
+    for w in caught:
+        print(f"warning: {w.message}", file=sys.stderr)
+    try:
+        report = build_report(experiments, options)
+    except ValueError as err:  # e.g. a --baseline that matches several configurations
+        print(f"analyze.py: {err}", file=sys.stderr)
+        return 2
+    if args.baseline and all(not st.baseline_reason.startswith("--baseline") for st in report.studies):
+        labels = sorted({lb for st in report.studies for lb in st.ablation.get("configuration", [])})
+        print(f"analyze.py: --baseline {' '.join(args.baseline)} matches no configuration; valid labels: "
+              f"{', '.join(labels)}", file=sys.stderr)
+        return 2
+    out = args.out or Path(DEFAULT_OUT) / "+".join(e.name for e in experiments)
+    written = write_outputs(report, out, plots=not args.no_plots)
+    if not args.quiet:
+        print(render_markdown(report))
+    print(f"wrote {len(written)} files to {out} in {time.perf_counter() - start:.1f} s: "
+          f"{', '.join(p.name for p in written)}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,591 @@
+"""Tables from sweep results: tidy trials, configurations and their RD curves, ablation tables with BD-rate
+against a baseline, per-lambda leaderboards (issue 6; DESIGN.md §7-§8).
+
+Vocabulary. A *trial* is one training run (one config). A *configuration* is the set of trials with the
+same hyperparameters except lambda and seed; its *RD curve* is its points over lambda (mean over seeds). A
+*study* (the config's ``study`` key, else the experiment's) is what one ablation table compares.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import warnings
+from collections import Counter
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+import yaml
+
+from hpcm_tune import metrics as m
+from hpcm_tune.analysis.bd import BD_METHODS, DEFAULT_MIN_OVERLAP, BDError, BDOverlapWarning, bd_psnr, bd_rate
+from hpcm_tune.analysis.results import (
+    ERRORED,
+    FINISHED,
+    ITERATION,
+    LABEL,
+    LMBDA,
+    OBJECTIVE,
+    SEED,
+    STATUSES,
+    STUDY,
+    TIME_TOTAL,
+    Experiment,
+    TrialRecord,
+    finite,
+)
+
+# Config keys that do not make a different configuration: lambda and seed by definition, metadata, and
+# where/how fast a run executes.
+NOT_HYPERPARAMETERS = frozenset({LMBDA, SEED, STUDY, LABEL, "device", "num_workers"})
+# The objective every ablation is measured against when present (DESIGN.md §3 baselines).
+DEFAULT_BASELINE_OBJECTIVE = "standard"
+
+POINTS = ("final", "best")  # final: last evaluation of a run; best: the epoch best in the sweep's metric
+RATES = {"bpp": m.EVAL_BPP, "actual_bpp": m.EVAL_ACTUAL_BPP}  # estimated (likelihoods) or real bitstreams
+BEST_PREFIX = "best "
+# Families of per-epoch metrics whose final value goes into the trial table, by their name prefix.
+_TRAJECTORY_PREFIXES = tuple(
+    name.split("/")[0] + "/" for name in (m.weight_name("x"), m.GAMMA[m.SCALES[0]], m.SCALE_CONTRIB[m.SCALES[0]])
+)
+META_COLUMNS = ("experiment", "trial_id", STUDY, LABEL, "configuration", "status", "epochs_run", "epochs_planned",
+                "best_epoch", TIME_TOTAL, "error", "trial_dir")
+
+
+@dataclass(frozen=True)
+class AnalysisOptions:
+    """How curves and BD-rates are computed. ``baseline``: label or key=value specs (all must match)."""
+
+    method: str = "pchip"
+    point: str = "final"
+    rate: str = "bpp"
+    include_partial: bool = False
+    baseline: tuple[str, ...] = ()
+    min_overlap: float = DEFAULT_MIN_OVERLAP
+
+    def __post_init__(self) -> None:
+        if self.method not in BD_METHODS:
+            raise ValueError(f"method={self.method!r} is not allowed; valid: {', '.join(BD_METHODS.names())}")
+        if self.point not in POINTS:
+            raise ValueError(f"point={self.point!r} is not allowed; valid: {', '.join(POINTS)}")
+        if self.rate not in RATES:
+            raise ValueError(f"rate={self.rate!r} is not allowed; valid: {', '.join(RATES)}")
+        if not 0.0 <= self.min_overlap <= 1.0:
+            raise ValueError(f"min_overlap={self.min_overlap!r} is not allowed; valid: a fraction in [0, 1]")
+        if isinstance(self.baseline, str):
+            raise ValueError(f"baseline={self.baseline!r} must be a tuple of specs, e.g. ({self.baseline!r},)")
+
+
+# ---------------------------------------------------------------------------------------------- trial table
+
+
+def _hashable(value):
+    if isinstance(value, list | tuple):
+        return tuple(_hashable(v) for v in value)
+    if isinstance(value, dict):
+        return tuple(sorted((k, _hashable(v)) for k, v in value.items()))
+    return value
+
+
+def _format_value(value) -> str:
+    if isinstance(value, tuple):
+        return "[" + ", ".join(_format_value(v) for v in value) + "]"
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
+
+
+def _final_values(rows: list[dict], names: set[str] | None, prefixes: tuple[str, ...]) -> dict[str, float]:
+    """Each metric's last reported finite value (evaluation may run only every few epochs)."""
+    out: dict[str, float] = {}
+    for row in reversed(rows):
+        for key, value in row.items():
+            if key in out or not finite(value):
+                continue
+            if (names is not None and key in names) or key.startswith(prefixes):
+                out[key] = float(value)
+    return out
+
+
+def _best_row(rows: list[dict], metric: str, mode: str) -> dict | None:
+    scored = [r for r in rows if finite(r.get(metric))]
+    if not scored:
+        return None
+    pick = min if mode == "min" else max
+    return pick(scored, key=lambda r: r[metric])
+
+
+def trial_table(experiments: list[Experiment]) -> pd.DataFrame:
+    """One row per trial: metadata, its flat config (lists as tuples), status, epochs, final values of the
+    eval metrics, task weights, scale contributions and gammas, and the eval metrics at its best epoch
+    (columns ``"best <metric>"``; best in the sweep's metric and mode from hpcm_tune.json)."""
+    records = []
+    eval_names = set(m.EVAL_METRICS)
+    for exp in experiments:
+        metric = exp.header.get("metric") or m.DEFAULT_METRIC
+        mode = exp.header.get("mode") or m.DEFAULT_MODE
+        for trial in exp.trials:
+            records.append(_trial_row(exp, trial, metric, mode, eval_names))
+    table = pd.DataFrame.from_records(records)
+    if table.empty:
+        return pd.DataFrame(columns=[c for c in META_COLUMNS if c != "configuration"])
+    return assign_configurations(table)
+
+
+def _trial_row(exp: Experiment, trial: TrialRecord, metric: str, mode: str, eval_names: set[str]) -> dict:
+    row: dict = {
+        "experiment": exp.name,
+        "trial_id": trial.trial_id,
+        STUDY: trial.study,
+        LABEL: trial.params.get(LABEL),
+        "status": trial.status,
+        "epochs_run": trial.epochs_run,
+        "epochs_planned": trial.epochs_planned,
+        "error": trial.error,
+        "trial_dir": str(exp.path / trial.dirname),
+        TIME_TOTAL: next((float(r[TIME_TOTAL]) for r in reversed(trial.rows) if finite(r.get(TIME_TOTAL))),
+                         math.nan),
+    }
+    for key, value in trial.params.items():
+        if key in (STUDY, LABEL):
+            continue
+        row[key if key not in row else f"param:{key}"] = _hashable(value)
+    row.update(_final_values(trial.rows, eval_names, _TRAJECTORY_PREFIXES))
+    best = _best_row(trial.rows, metric, mode)
+    row["best_epoch"] = (best.get(m.EPOCH, best.get(ITERATION)) if best else None)
+    if best:
+        for name in m.EVAL_METRICS:
+            if finite(best.get(name)):
+                row[BEST_PREFIX + name] = float(best[name])
+    return row
+
+
+def _config_key(params: dict) -> str:
+    # Keys starting with "_" are search internals (e.g. the raw draws behind a simplex), not hyperparameters.
+    items = sorted((k, _hashable(v)) for k, v in params.items() if k not in NOT_HYPERPARAMETERS and k[:1] != "_")
+    return json.dumps(items, default=str)
+
+
+def assign_configurations(table: pd.DataFrame) -> pd.DataFrame:
+    """Add ``config_key`` (hyperparameters except lambda and seed) and ``configuration``, a label unique in
+    its study: the trials' ``label`` when they have one, else the hyperparameters that vary in the study."""
+    table = table.copy()
+    param_cols = [c for c in table.columns if c not in META_COLUMNS and "/" not in c and not c.startswith(BEST_PREFIX)
+                  and c not in NOT_HYPERPARAMETERS and c[:1] != "_"]
+    keys = []
+    for rec in table[param_cols].to_dict("records"):
+        keys.append(_config_key({k: v for k, v in rec.items() if not _missing(v)}))
+    table["config_key"] = keys
+    labels: dict[tuple[str, str], str] = {}
+    for study, part in table.groupby(STUDY, sort=False):
+        varying = [c for c in param_cols if part[c].map(_fmt_or_none).nunique(dropna=False) > 1]
+        names: dict[str, str] = {}
+        for key, group in part.groupby("config_key", sort=False):
+            given = Counter(str(v) for v in group[LABEL] if not _missing(v))
+            if given:
+                names[key] = given.most_common(1)[0][0]
+            else:
+                first = group.iloc[0]
+                names[key] = ", ".join(f"{c}={_format_value(first[c])}" for c in varying if not _missing(first[c]))
+                names[key] = names[key] or str(first.get(OBJECTIVE) or "configuration")
+        # Two configurations with one label (a label reused, or none given): name what differs.
+        clashes = Counter(names.values())
+        for key, group in part.groupby("config_key", sort=False):
+            if clashes[names[key]] > 1:
+                first = group.iloc[0]
+                detail = ", ".join(f"{c}={_format_value(first[c])}" for c in varying if not _missing(first[c]))
+                names[key] = f"{names[key]} [{detail}]"
+        for key, name in names.items():
+            labels[(study, key)] = name
+    table["configuration"] = [labels[(s, k)] for s, k in zip(table[STUDY], table["config_key"], strict=True)]
+    return table
+
+
+def _missing(value) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))
+
+
+def _fmt_or_none(value):
+    return None if _missing(value) else _format_value(value)
+
+
+# ---------------------------------------------------------------------------------------------- RD curves
+
+
+def metric_column(name: str, options: AnalysisOptions) -> str:
+    return BEST_PREFIX + name if options.point == "best" else name
+
+
+def curve_points(table: pd.DataFrame, options: AnalysisOptions) -> pd.DataFrame:
+    """One row per trial usable as an RD point: finished trials (all with eval data if include_partial),
+    with columns study, configuration, lmbda, seed, rate, psnr, ms_ssim_db, loss, status."""
+    if table.empty or LMBDA not in table.columns:
+        return pd.DataFrame(columns=[STUDY, "configuration", LMBDA, SEED, "rate", "psnr", "ms_ssim_db", "loss"])
+    usable = table if options.include_partial else table[table["status"] == FINISHED]
+    columns = {
+        "rate": metric_column(RATES[options.rate], options),
+        "psnr": metric_column(m.EVAL_PSNR, options),
+        "ms_ssim_db": metric_column(m.EVAL_MS_SSIM_DB, options),
+        "loss": metric_column(m.EVAL_LOSS, options),
+    }
+    out = pd.DataFrame({
+        STUDY: usable[STUDY],
+        "configuration": usable["configuration"],
+        "config_key": usable["config_key"],
+        LMBDA: pd.to_numeric(usable[LMBDA], errors="coerce"),
+        SEED: usable[SEED] if SEED in usable.columns else 0,
+        "status": usable["status"],
+        **{k: pd.to_numeric(usable[c], errors="coerce") if c in usable.columns else np.nan
+           for k, c in columns.items()},
+    })
+    return out[out[LMBDA].notna() & out["rate"].notna() & out["psnr"].notna()].reset_index(drop=True)
+
+
+def mean_curves(points: pd.DataFrame) -> pd.DataFrame:
+    """Per study, configuration and lambda: mean, std and count over seeds of rate, PSNR, MS-SSIM, loss."""
+    if points.empty:
+        return pd.DataFrame(columns=[STUDY, "configuration", LMBDA, "n"])
+    grouped = points.groupby([STUDY, "configuration", LMBDA], sort=True)
+    values = ["rate", "psnr", "ms_ssim_db", "loss"]
+    mean = grouped[values].mean()
+    std = grouped[values].std(ddof=1).add_suffix("_std")
+    out = pd.concat([mean, std], axis=1)
+    out["n"] = grouped.size()
+    return out.reset_index()
+
+
+# ---------------------------------------------------------------------------------------------- baseline
+
+
+class Footnotes:
+    """Numbered footnotes, one number per distinct text."""
+
+    def __init__(self) -> None:
+        self.texts: list[str] = []
+
+    def mark(self, text: str) -> str:
+        if text not in self.texts:
+            self.texts.append(text)
+        return f"[{self.texts.index(text) + 1}]"
+
+
+def _parse_spec(spec: str) -> tuple[str, object] | None:
+    if "=" not in spec:
+        return None
+    key, _, raw = spec.partition("=")
+    try:
+        value = yaml.safe_load(raw)
+    except yaml.YAMLError:
+        value = raw
+    return key.strip(), _hashable(value)
+
+
+def _equal(a, b) -> bool:
+    if isinstance(a, tuple) and isinstance(b, tuple):
+        return len(a) == len(b) and all(_equal(x, y) for x, y in zip(a, b, strict=True))
+    if finite(a) and finite(b):
+        return math.isclose(float(a), float(b), rel_tol=1e-9, abs_tol=1e-12)
+    return str(a) == str(b)
+
+
+def match_baseline(part: pd.DataFrame, specs: tuple[str, ...]) -> list[str]:
+    """Configurations of one study that the user's baseline specs select (a label, or key=value pairs that
+    must all match)."""
+    labels = list(dict.fromkeys(part["configuration"]))
+    pairs = [p for p in (_parse_spec(s) for s in specs) if p is not None]
+    names = [s for s in specs if "=" not in s]
+    chosen = []
+    for label in labels:
+        rows = part[part["configuration"] == label]
+        first = rows.iloc[0]
+        ok = all(label.lower() == n.lower() or str(first.get(LABEL) or "").lower() == n.lower() for n in names)
+        ok = ok and all(k in rows.columns and _equal(first[k], v) for k, v in pairs)
+        if ok:
+            chosen.append(label)
+    return chosen
+
+
+def _run_config_defaults() -> dict | None:
+    """The training defaults, when the config module offers them (the study's default configuration is the
+    one that matches them on the keys the study varies). Read from the dataclass fields: constructing a
+    RunConfig would import the model code (seconds) for nothing."""
+    try:
+        from hpcm_tune.config import flat_defaults  # optional: only for the default baseline
+    except ImportError:
+        return None
+    return {k: _hashable(v) for k, v in flat_defaults().items()}
+
+
+def choose_baseline(part: pd.DataFrame, options: AnalysisOptions, header_baseline=None) -> tuple[str | None, str]:
+    """The baseline configuration of one study and why it was chosen: ``--baseline``; else the ``standard``
+    objective; else the study's default configuration (hpcm_tune.json's baseline, else the one matching the
+    training defaults); else the configuration with most trials."""
+    labels = list(dict.fromkeys(part["configuration"]))
+    if not labels:
+        return None, "no configuration"
+    if options.baseline:
+        chosen = match_baseline(part, options.baseline)
+        if len(chosen) == 1:
+            return chosen[0], f"--baseline {' '.join(options.baseline)}"
+        if len(chosen) > 1:
+            raise ValueError(f"--baseline {' '.join(options.baseline)} matches several configurations: "
+                             f"{', '.join(chosen)}; add key=value specs to pick one")
+    note = "" if not options.baseline else f"--baseline {' '.join(options.baseline)} not in this study; "
+    if OBJECTIVE in part.columns:
+        standard = [lb for lb in labels if (part.loc[part["configuration"] == lb, OBJECTIVE]
+                                            == DEFAULT_BASELINE_OBJECTIVE).any()]
+        if len(standard) == 1:
+            return standard[0], note + f"the {DEFAULT_BASELINE_OBJECTIVE} objective"
+    if header_baseline:
+        specs = (header_baseline,) if isinstance(header_baseline, str) else tuple(
+            f"{k}={json.dumps(v)}" for k, v in dict(header_baseline).items())
+        chosen = match_baseline(part, specs)
+        if len(chosen) == 1:
+            return chosen[0], note + "the study's default configuration (hpcm_tune.json)"
+    defaults = _run_config_defaults()
+    if defaults:
+        varying = [c for c in defaults if c in part.columns and c not in NOT_HYPERPARAMETERS
+                   and part[c].map(_fmt_or_none).nunique(dropna=False) > 1]
+        matching = [lb for lb in labels if varying and all(
+            _equal(part.loc[part["configuration"] == lb, c].iloc[0], defaults[c]) for c in varying)]
+        if len(matching) == 1:
+            return matching[0], note + "the study's default configuration (training defaults)"
+    named = [lb for lb in labels if "default" in lb.lower()]
+    if len(named) == 1:
+        return named[0], note + "the configuration labeled default"
+    counts = part["configuration"].value_counts()
+    return str(counts.index[0]), note + "no standard objective nor default found: the configuration with most trials"
+
+
+# ---------------------------------------------------------------------------------------------- ablation
+
+
+@dataclass
+class StudyTables:
+    """Everything printed for one study. ``ablation`` is numeric (NaN for n/a); ``display`` (BD-rates, rate
+    shares, weights) and ``per_lambda`` (PSNR / bpp at each lambda) its formatted form with footnote marks;
+    ``leaderboard`` ranks configurations at each lambda."""
+
+    study: str
+    baseline: str | None
+    baseline_reason: str
+    ablation: pd.DataFrame
+    display: pd.DataFrame
+    per_lambda: pd.DataFrame
+    leaderboard: pd.DataFrame
+    footnotes: list[str] = field(default_factory=list)
+
+
+def _bd_stats(anchor: pd.DataFrame, seeds: dict, fn, quality: str, options: AnalysisOptions):
+    """BD of each seed's curve against the anchor curve: (mean, std, n, [reasons])."""
+    values, reasons = [], []
+    for curve in seeds.values():
+        value, reason = _bd_one(anchor, curve, fn, quality, options)
+        if reason:
+            reasons.append(reason)
+        if value is not None:
+            values.append(value)
+    if not values:
+        return math.nan, math.nan, 0, reasons
+    std = float(np.std(values, ddof=1)) if len(values) > 1 else math.nan
+    return float(np.mean(values)), std, len(values), reasons
+
+
+def _bd_one(anchor: pd.DataFrame, test: pd.DataFrame, fn, quality: str, options: AnalysisOptions):
+    a = anchor[["rate", quality]].dropna()
+    t = test[["rate", quality]].dropna()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", BDOverlapWarning)
+        try:
+            value = fn(a["rate"], a[quality], t["rate"], t[quality], method=options.method,
+                       min_overlap=options.min_overlap)
+        except BDError as err:
+            return None, err.reason
+    overlap = [str(w.message) for w in caught if issubclass(w.category, BDOverlapWarning)]
+    return value, ("curves overlap little: " + overlap[0].split(": ", 1)[-1]) if overlap else None
+
+
+def _seed_curves(points: pd.DataFrame) -> dict:
+    return {seed: grp.groupby(LMBDA)[["rate", "psnr", "ms_ssim_db"]].mean() for seed, grp in points.groupby(SEED)}
+
+
+def _fmt(value: float, digits: int, std: float = math.nan) -> str:
+    if not finite(value):
+        return ""
+    return f"{value:.{digits}f}" + (f" ± {std:.{digits}f}" if finite(std) else "")
+
+
+def _fmt_signed(value: float, digits: int, std: float = math.nan) -> str:
+    if not finite(value):
+        return ""
+    return f"{value:+.{digits}f}" + (f" ± {std:.{digits}f}" if finite(std) else "")
+
+
+def study_tables(table: pd.DataFrame, study: str, options: AnalysisOptions, header_baseline=None) -> StudyTables:
+    part = table[table[STUDY] == study]
+    notes = Footnotes()
+    baseline, reason = choose_baseline(part, options, header_baseline)
+    points = curve_points(part, options)
+    lambdas = sorted(points[LMBDA].unique()) if not points.empty else []
+    has_ms_ssim = bool(points["ms_ssim_db"].notna().any()) if not points.empty else False
+    anchor_points = points[points["configuration"] == baseline]
+    anchor = anchor_points.groupby(LMBDA)[["rate", "psnr", "ms_ssim_db"]].mean() if not anchor_points.empty else None
+    # The baseline's own seed-to-seed spread: the noise any difference is judged against.
+    base_noise = {}
+    if anchor is not None:
+        for quality, fn, key in _BD_COLUMNS:
+            if quality == "ms_ssim_db" and not has_ms_ssim:
+                continue
+            mean, std, n, _ = _bd_stats(anchor, _seed_curves(anchor_points), fn, quality, options)
+            base_noise[key] = (std, n)
+
+    rows, display, per_lambda = [], [], []
+    weight_cols = [c for c in part.columns if c.startswith(m.weight_name(""))]
+    for label in dict.fromkeys(part["configuration"]):
+        trials = part[part["configuration"] == label]
+        pts = points[points["configuration"] == label]
+        num: dict = {"configuration": label, "baseline": label == baseline,
+                     "trials": len(trials), "finished": int((trials["status"] == FINISHED).sum()),
+                     "errored": int((trials["status"] == ERRORED).sum()),
+                     "seeds": int(pts[SEED].nunique()) if not pts.empty else 0}
+        disp: dict = {"configuration": label + (" (baseline)" if label == baseline else ""),
+                      "trials": f"{num['finished']}/{num['trials']}"}
+        for quality, fn, key in _BD_COLUMNS:
+            if quality == "ms_ssim_db" and not has_ms_ssim:
+                continue
+            digits = 3 if key == "BD-PSNR (dB)" else 2
+            if label == baseline:
+                num[key], num[key + " std"] = 0.0, math.nan
+                disp[key] = "0 (anchor)"
+                continue
+            cell, mean, std = _bd_cell(anchor, pts, fn, quality, key, digits, options, notes, base_noise)
+            num[key], num[key + " std"] = mean, std
+            disp[key] = cell
+        lam_disp = {"configuration": disp["configuration"]}
+        for lam in lambdas:
+            at = pts[pts[LMBDA] == lam]
+            num[f"PSNR @{lam:g}"] = float(at["psnr"].mean()) if not at.empty else math.nan
+            num[f"bpp @{lam:g}"] = float(at["rate"].mean()) if not at.empty else math.nan
+            if at.empty:
+                lam_disp[f"lambda {lam:g}"] = "n/a " + notes.mark(
+                    f"no {'usable ' if options.include_partial else 'finished '}trial at this lambda")
+                continue
+            psnr_std = float(at["psnr"].std(ddof=1)) if len(at) > 1 else math.nan
+            lam_disp[f"lambda {lam:g}"] = (f"{_fmt(num[f'PSNR @{lam:g}'], 2, psnr_std)} dB / "
+                                           f"{num[f'bpp @{lam:g}']:.4f}")
+        per_lambda.append(lam_disp)
+        share = _rate_shares(trials, options)
+        for scale, value in share.items():
+            num[f"rate share {scale} (%)"] = value
+        disp["rate share s1/s2/s3 (%)"] = ("/".join(f"{v:.0f}" for v in share.values())
+                                           if all(finite(v) for v in share.values()) else "n/a " + notes.mark(
+                                               "per-scale rates not reported"))
+        done = trials[trials["status"] == FINISHED] if (trials["status"] == FINISHED).any() else trials
+        for col in weight_cols:
+            task = col.split("/", 1)[1]
+            value = float(pd.to_numeric(done[col], errors="coerce").mean())
+            num[f"w {task}"] = value
+            disp[f"w {task}"] = f"{value:.3f}" if finite(value) else ""
+        rows.append(num)
+        display.append(disp)
+    ablation = pd.DataFrame(rows)
+    disp_df = pd.DataFrame(display).fillna("")
+    lambda_df = pd.DataFrame(per_lambda).fillna("")
+    if anchor is None and baseline is not None:
+        notes.mark(f"the baseline {baseline!r} has no usable RD point: no BD-rate")
+    return StudyTables(study=study, baseline=baseline, baseline_reason=reason, ablation=ablation,
+                       display=disp_df, per_lambda=lambda_df, leaderboard=leaderboard(part, options),
+                       footnotes=notes.texts)
+
+
+_BD_COLUMNS = (
+    ("psnr", bd_rate, "BD-rate PSNR (%)"),
+    ("ms_ssim_db", bd_rate, "BD-rate MS-SSIM (%)"),
+    ("psnr", bd_psnr, "BD-PSNR (dB)"),
+)
+
+
+def _bd_cell(anchor, pts, fn, quality, key, digits, options, notes, base_noise):
+    if anchor is None:
+        return "n/a " + notes.mark("the baseline has no usable RD point"), math.nan, math.nan
+    if pts.empty or pts[quality].isna().all():
+        why = "no finished trial" if not options.include_partial else "no trial with eval results"
+        return "n/a " + notes.mark(why if pts.empty else f"{quality} not reported"), math.nan, math.nan
+    seeds = _seed_curves(pts)
+    mean_curve = pts.groupby(LMBDA)[["rate", "psnr", "ms_ssim_db"]].mean()
+    mean, std, n, reasons = _bd_stats(anchor, seeds, fn, quality, options)
+    if n < 2:
+        # One seed, or seeds not covering enough lambdas each: the BD of the mean curve.
+        value, reason = _bd_one(anchor, mean_curve, fn, quality, options)
+        if value is None:
+            return "n/a " + notes.mark(reason), math.nan, math.nan
+        cell = _fmt_signed(value, digits)
+        if reason:
+            cell += " " + notes.mark(reason)
+        if len(seeds) > 1:
+            cell += " " + notes.mark("seeds' curves too short for a per-seed BD: BD of the mean curve, noise unknown")
+        elif base_noise.get(key, (math.nan, 0))[1] < 2:
+            cell += " " + notes.mark("one seed: differences cannot be judged against noise")
+        return cell, value, math.nan
+    cell = _fmt_signed(mean, digits, std)
+    for reason in dict.fromkeys(reasons):
+        cell += " " + notes.mark(reason)
+    base_std, base_n = base_noise.get(key, (math.nan, 0))
+    var = std**2 / n + (base_std**2 / base_n if finite(base_std) and base_n >= 2 else 0.0)
+    if finite(var) and abs(mean) < 2.0 * math.sqrt(var):
+        cell += " ~ " + notes.mark("~ within noise: |mean| < 2 standard errors of the seed-to-seed spread "
+                                   "(this configuration's and the baseline's)")
+    return cell, mean, std
+
+
+def _rate_shares(trials: pd.DataFrame, options: AnalysisOptions) -> dict[str, float]:
+    """Each scale's share of the total estimated rate, in %, mean over finished trials; z is counted in s3
+    (DESIGN.md §3: the original design calls s3 the hyperprior scale)."""
+    done = trials[trials["status"] == FINISHED] if (trials["status"] == FINISHED).any() else trials
+    parts = {}
+    for scale in m.SCALES:
+        col = metric_column(m.EVAL_BPP_SCALE[scale], options)
+        parts[scale] = pd.to_numeric(done[col], errors="coerce") if col in done.columns else None
+    if any(p is None for p in parts.values()):
+        return {s: math.nan for s in m.SCALES}
+    z_col = metric_column(m.EVAL_BPP_Z, options)
+    if z_col in done.columns:
+        parts[m.SCALES[-1]] = parts[m.SCALES[-1]] + pd.to_numeric(done[z_col], errors="coerce").fillna(0.0)
+    total = sum(parts.values())
+    return {s: float((100.0 * p / total).mean()) for s, p in parts.items()}
+
+
+def leaderboard(part: pd.DataFrame, options: AnalysisOptions) -> pd.DataFrame:
+    """Per lambda, the configurations ranked by eval R-D loss (lower is better; PSNR when no loss): mean
+    over the finished trials, or over the others (noted) when none finished."""
+    loss_col, psnr_col = metric_column(m.EVAL_LOSS, options), metric_column(m.EVAL_PSNR, options)
+    rate_col = metric_column(RATES[options.rate], options)
+    if LMBDA not in part.columns:
+        return pd.DataFrame(columns=[LMBDA, "rank", "configuration", "loss", "psnr", "bpp", "n", "note"])
+    rows = []
+    for (lam, label), grp in part.groupby([LMBDA, "configuration"], sort=True):
+        done = grp[grp["status"] == FINISHED]
+        use, note = (done, "") if not done.empty else (grp, "not finished: " + ", ".join(
+            f"{n} {s}" for s, n in grp["status"].value_counts().items()))
+        vals = {k: pd.to_numeric(use[c], errors="coerce").mean() if c in use.columns else math.nan
+                for k, c in (("loss", loss_col), ("psnr", psnr_col), ("bpp", rate_col))}
+        if not any(finite(v) for v in vals.values()):
+            note = note or "no eval results"
+        rows.append({LMBDA: lam, "configuration": label, **vals, "n": len(use), "note": note})
+    board = pd.DataFrame(rows)
+    if board.empty:
+        return pd.DataFrame(columns=[LMBDA, "rank", "configuration", "loss", "psnr", "bpp", "n", "note"])
+    by_loss = board["loss"].notna().any()
+    board = board.sort_values([LMBDA, "loss" if by_loss else "psnr"], ascending=[True, by_loss],
+                              na_position="last")
+    board.insert(1, "rank", board.groupby(LMBDA).cumcount() + 1)
+    return board.reset_index(drop=True)
+
+
+def status_counts(table: pd.DataFrame) -> pd.DataFrame:
+    """Trials per study and status (all four statuses as columns)."""
+    if table.empty:
+        return pd.DataFrame(columns=[STUDY, *STATUSES])
+    counts = table.groupby([STUDY, "status"]).size().unstack(fill_value=0)
+    return counts.reindex(columns=list(STATUSES), fill_value=0).reset_index()
