@@ -116,3 +116,18 @@ def test_adaptive_resumed_equals_uninterrupted() -> None:
         resumed.record(losses(epoch))
     assert resumed.state_dict() == straight.state_dict()
     assert straight.multipliers != [1.0, 1.0, 1.0]
+
+
+def test_visualization_script_writes_the_figure(tmp_path) -> None:
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "visualize_gamma_schedules.py"
+    spec = importlib.util.spec_from_file_location("visualize_gamma_schedules", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    data = module.curves(60, (0.008, 0.006, 0.004))
+    assert data["hierarchical"][-1] == pytest.approx((0.004, 0.003, 0.0052))
+    out = module.plot(60, tmp_path / "scale_gamma_strategies.png")
+    assert out.exists() and out.stat().st_size > 10_000
+    assert not list(tmp_path.glob("*.tmp.png"))
