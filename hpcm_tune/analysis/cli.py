@@ -74,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as err:  # e.g. a --baseline that matches several configurations
         print(f"analyze.py: {err}", file=sys.stderr)
         return 2
-    if args.baseline and all(not st.baseline_reason.startswith("--baseline") for st in report.studies):
+    if args.baseline and not any(st.user_baseline_found for st in report.studies):
         labels = sorted({lb for st in report.studies for lb in st.ablation.get("configuration", [])})
         print(f"analyze.py: --baseline {' '.join(args.baseline)} matches no configuration; valid labels: "
               f"{', '.join(labels)}", file=sys.stderr)

@@ -375,6 +375,7 @@ class StudyTables:
     per_lambda: pd.DataFrame
     leaderboard: pd.DataFrame
     footnotes: list[str] = field(default_factory=list)
+    user_baseline_found: bool = False  # whether --baseline named a configuration of this study
 
 
 def _bd_stats(anchor: pd.DataFrame, seeds: dict, fn, quality: str, options: AnalysisOptions):
@@ -496,7 +497,8 @@ def study_tables(table: pd.DataFrame, study: str, options: AnalysisOptions, head
         notes.mark(f"the baseline {baseline!r} has no usable RD point: no BD-rate")
     return StudyTables(study=study, baseline=baseline, baseline_reason=reason, ablation=ablation,
                        display=disp_df, per_lambda=lambda_df, leaderboard=leaderboard(part, options),
-                       footnotes=notes.texts)
+                       footnotes=notes.texts,
+                       user_baseline_found=bool(options.baseline and match_baseline(part, options.baseline)))
 
 
 _BD_COLUMNS = (

@@ -1,0 +1,54 @@
+import pandas as pd
+import pytest
+
+from hpcm_tune.analysis.cli import main
+from hpcm_tune.testing import write_experiment_dir
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def test_writes_every_output_and_prints_markdown(storage, tmp_path, scale_weight_trials, trial, capsys):
+    trials = scale_weight_trials() + [trial("s1 emphasis", 0.0035, config={"scale_weights": [0.5, 0.3, 0.2]},
+                                            error=True, epochs_run=1, corrupt="truncated_result")]
+    write_experiment_dir(storage, "exp", trials)
+    out = tmp_path / "out"
+    assert main([str(storage / "exp"), "--out", str(out)]) == 0
+    printed = capsys.readouterr()
+    assert "## Study `scale_weights`" in printed.out and "Leaderboard per lambda" in printed.out
+    assert "Baseline: **s2 emphasis**" in printed.out
+    assert "Errored trials" in printed.out and "fake failure" in printed.out
+    assert "result.json" in printed.err and "corrupted line" in printed.err
+    trials_csv = pd.read_csv(out / "trials.csv")
+    assert len(trials_csv) == 17 and set(trials_csv["status"]) == {"finished", "errored"}
+    ablation = pd.read_csv(out / "ablation.csv")
+    assert set(ablation["configuration"]) == {"equal", "s1 emphasis", "s2 emphasis", "s3 emphasis"}
+    assert ablation.loc[ablation["configuration"] == "s3 emphasis", "BD-rate PSNR (%)"].iloc[0] == pytest.approx(-10)
+    assert len(pd.read_csv(out / "leaderboard.csv")) == 17  # 4 lambdas x 4 configurations + the errored one
+    assert len(pd.read_csv(out / "curves.csv")) == 16
+    tex = (out / "ablation_scale_weights.tex").read_text()
+    assert "\\begin{tabular}" in tex and "s3 emphasis" in tex and "\\%" in tex
+    assert (out / "report.md").read_text().startswith("# HPCM sweep analysis")
+    for name in ("rd_curves.png", "weights.png", "gammas.png"):
+        data = (out / name).read_bytes()
+        assert data.startswith(PNG_MAGIC) and len(data) > 20_000, name
+    assert not list(out.glob(".*"))  # no temporary file left behind
+
+
+def test_no_argument_analyzes_the_latest_sweep_in_results(tmp_path, monkeypatch, trial, capsys):
+    write_experiment_dir(tmp_path / "results", "only", [trial("a", lam) for lam in (0.001, 0.002)])
+    monkeypatch.chdir(tmp_path)
+    assert main(["--no-plots", "--quiet"]) == 0
+    assert (tmp_path / "analysis" / "only" / "trials.csv").is_file()
+    assert "wrote" in capsys.readouterr().err
+
+
+def test_errors_exit_2_with_a_message(tmp_path, monkeypatch, storage, scale_weight_trials, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert main(["--storage", str(tmp_path / "none")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    write_experiment_dir(storage, "exp", scale_weight_trials(lambdas=(0.001, 0.002)))
+    assert main([str(storage / "exp"), "--baseline", "nope", "--no-plots", "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "matches no configuration" in err and "s2 emphasis" in err
+    assert main([str(storage / "exp"), "--min-overlap", "2", "--no-plots"]) == 2
+    assert "min_overlap=2.0 is not allowed" in capsys.readouterr().err
