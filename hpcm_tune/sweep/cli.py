@@ -1,0 +1,202 @@
+"""Command line of the sweep service (``python tune.py`` / ``hpcm-tune``).
+
+Every flag is checked, and the search space validated, before Ray starts; errors name the flag or the file,
+the key and the value.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+import yaml
+
+from hpcm_tune.sweep.space import SCHEDULER_NAMES, SEARCHER_NAMES, SearchSpace, SpaceError
+
+EPILOG = """examples:
+  python tune.py                                   # the default sweep (search_spaces/default.yaml), ~10 min
+  python tune.py --space ablation_scale_weights --gpus-per-trial 0.5
+  python tune.py --space default --epochs 3 --num-samples 4 --name quick
+  python tune.py --resume quick                    # continue an interrupted sweep
+  python tune.py --address auto --storage /shared/results --space objectives --set preset=base
+"""
+
+
+def _positive_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"got {text!r}; allowed: an integer >= 1") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"got {v}; allowed: an integer >= 1")
+    return v
+
+
+def _nonneg_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"got {text!r}; allowed: an integer >= 0") from None
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"got {v}; allowed: an integer >= 0")
+    return v
+
+
+def _positive_float(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"got {text!r}; allowed: a number > 0") from None
+    if not v > 0:
+        raise argparse.ArgumentTypeError(f"got {v}; allowed: a number > 0")
+    return v
+
+
+def _gpus(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"got {text!r}; allowed: 0, a fraction such as 0.25/0.5, or N") from None
+    if v < 0 or (v > 1 and not v.is_integer()):
+        raise argparse.ArgumentTypeError(f"got {v}; allowed: 0, a fraction in (0, 1] or a whole number of GPUs")
+    return v
+
+
+def _assignment(text: str) -> tuple[str, Any]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"got {text!r}; allowed: KEY=VALUE (VALUE read as YAML: 3, 0.5, [1, 2])")
+    return key.strip(), yaml.safe_load(value)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="tune.py",
+        description="Hyperparameter sweeps of HPCM training runs on Ray Tune: search space from a YAML file, "
+                    "ASHA early stopping per lambda, Optuna TPE, GPU packing, clusters, resume, W&B.",
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--space", default="default",
+                   help="search-space file, or a preset name in search_spaces/ (default: default). "
+                        "Format: search_spaces/README.md")
+    p.add_argument("--name", help="experiment name, a directory under --storage (default: STUDY-YYYYmmdd-HHMMSS). "
+                                  "An existing name is refused: use --resume to continue it")
+    p.add_argument("--storage", default="results",
+                   help="where experiments are written: a local directory (default: ./results), a shared file "
+                        "system path, or s3:// / gs:// for multi-node clusters")
+    p.add_argument("--address", help="an existing Ray cluster ('auto' or HOST:PORT of `ray start --head`); "
+                                     "default: a local Ray on 127.0.0.1 only")
+    p.add_argument("--num-samples", type=_positive_int, dest="samples",
+                   help="trials to sample (optuna), draws per grid point (random) or grid repetitions (grid)")
+    p.add_argument("--max-concurrent", type=_positive_int, help="trials running at once (file default: 2)")
+    p.add_argument("--cpus-per-trial", type=_positive_float, dest="cpus", help="CPUs reserved per trial")
+    p.add_argument("--gpus-per-trial", type=_gpus, dest="gpus",
+                   help="GPUs per trial; 0.25/0.5 pack 4/2 trials on one GPU and cap each trial's CUDA memory "
+                        "to that fraction")
+    p.add_argument("--scheduler", choices=SCHEDULER_NAMES,
+                   help="asha: early stopping, one ASHA per lambda; fifo: every trial to the end; pbt: population "
+                        "based training (one lambda)")
+    p.add_argument("--searcher", choices=SEARCHER_NAMES,
+                   help="optuna: TPE (early-stopped trials told as pruned); random: random draws; grid: every "
+                        "grid/choice value")
+    p.add_argument("--epochs", type=_positive_int, help="epochs per trial (the full budget; ASHA's max)")
+    p.add_argument("--seed", type=_nonneg_int, help="first training seed and the searcher's seed")
+    p.add_argument("--repeats", type=_positive_int, help="seeds per configuration (random/grid searchers)")
+    p.add_argument("--max-failures", type=_nonneg_int, help="retries of a crashed trial from its last checkpoint")
+    p.add_argument("--checkpoints-to-keep", type=_positive_int, help="checkpoints kept per trial (default 2)")
+    p.add_argument("--delete-stopped-checkpoints", action="store_true", default=None,
+                   help="delete the checkpoints of trials stopped early, at the end of the sweep")
+    p.add_argument("--set", type=_assignment, action="append", default=[], metavar="KEY=VALUE",
+                   help="set a fixed config key, e.g. --set preset=base --set steps_per_epoch=500 (repeatable)")
+    p.add_argument("--wandb", action="store_true",
+                   help="log every trial to Weights & Biases (one run per trial, grouped by sweep); offline when "
+                        "no API key is configured (then `wandb sync` the runs later)")
+    p.add_argument("--wandb-project", default="hpcm-tune", help="W&B project (default: hpcm-tune)")
+    p.add_argument("--wandb-upload-timeout", type=_nonneg_int, default=60,
+                   help="seconds the end of the sweep waits for W&B uploads (default: 60)")
+    p.add_argument("--resume", metavar="EXPERIMENT",
+                   help="continue an interrupted sweep (a name under --storage or a path): finished trials kept, "
+                        "unfinished ones continue from their last checkpoint")
+    p.add_argument("--retry-errored", action="store_true",
+                   help="with --resume: retry errored trials from their last checkpoint")
+    p.add_argument("--restart-errored", action="store_true",
+                   help="with --resume: restart errored trials from scratch")
+    p.add_argument("--engine", default="hpcm", choices=("hpcm", "fake"),
+                   help="what a trial trains: hpcm (the real engine) or fake (a seconds-long stand-in for tests "
+                        "and benchmarks of the sweep machinery)")
+    p.add_argument("--num-cpus", type=_positive_int, help="CPUs of the local Ray (default: all)")
+    p.add_argument("--top", type=_positive_int, default=3, help="best trials listed per lambda (default: 3)")
+    p.add_argument("--dry-run", action="store_true",
+                   help="validate the space and flags, print the trial configs, start nothing")
+    p.add_argument("-q", "--quiet", action="store_true", help="no Tune progress table")
+    return p
+
+
+OVERRIDES = ("samples", "max_concurrent", "cpus", "gpus", "scheduler", "searcher", "epochs", "seed", "repeats",
+             "max_failures", "checkpoints_to_keep", "delete_stopped_checkpoints")
+
+
+def space_from_args(args: argparse.Namespace) -> SearchSpace:
+    import dataclasses
+
+    from hpcm_tune.sweep.space import load_space, resolve_space_path
+
+    space = load_space(resolve_space_path(args.space))
+    if args.set:
+        fixed = dict(space.fixed)
+        for key, value in args.set:
+            if key in space.params:
+                raise SpaceError("command line", f"--set {key}", value, f"{key} is searched in {space.source}")
+            fixed[key] = value
+        try:
+            space = dataclasses.replace(space, fixed=fixed)
+        except SpaceError as exc:
+            raise SpaceError("command line (--set)", exc.key, exc.value, exc.allowed) from None
+    try:
+        return space.with_overrides(**{k: getattr(args, k) for k in OVERRIDES})
+    except SpaceError as exc:
+        if exc.source == space.source:  # an override made the space invalid: say it came from the flags
+            raise SpaceError("command line", exc.key, exc.value, exc.allowed) from None
+        raise
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    from hpcm_tune.sweep.launcher import SweepOptions, format_summary, resume_sweep, run_sweep
+
+    if (args.retry_errored or args.restart_errored) and not args.resume:
+        parser.error("--retry-errored/--restart-errored need --resume EXPERIMENT")
+    if args.retry_errored and args.restart_errored:
+        parser.error("choose one of --retry-errored and --restart-errored")
+    try:
+        opts = SweepOptions(
+            name=args.name, storage=args.storage, address=args.address, engine=args.engine, wandb=args.wandb,
+            wandb_project=args.wandb_project, wandb_upload_timeout_s=args.wandb_upload_timeout,
+            retry_errored=args.retry_errored, restart_errored=args.restart_errored, num_cpus=args.num_cpus,
+            top=args.top, verbose=0 if args.quiet else 1,
+        )
+        if args.resume:
+            summary = resume_sweep(args.resume, opts)
+        else:
+            space = space_from_args(args)
+            if args.dry_run:
+                from hpcm_tune.sweep.space import trial_configs
+
+                print(f"{space.source}: {space.study}, {space.total_trials()} trials, scheduler {space.scheduler}, "
+                      f"searcher {space.searcher}, metric {space.metric} ({space.mode}), epochs {space.max_epochs}")
+                for cfg in trial_configs(space):
+                    print("  ", cfg)
+                return 0
+            summary = run_sweep(space, opts)
+    except (SpaceError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(format_summary(summary))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

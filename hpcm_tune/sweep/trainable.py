@@ -1,0 +1,97 @@
+"""The Ray Tune function trainable: one trial = one ``hpcm_tune.engine.Engine`` run.
+
+The engine knows nothing of Ray; this adapter builds it from the trial's flat config (search internals
+stripped), restores it from ``ray.tune.get_checkpoint()`` when Tune resumes or retries the trial, and turns each
+``on_epoch(metrics, checkpoint_dir)`` into ``ray.tune.report(metrics, checkpoint=...)`` (``ray.train.report``
+inside Tune fails the trial, DESIGN.md §6). A non-finite watched metric raises, so the trial is marked errored
+with that message and the sweep goes on. With a fractional GPU the CUDA memory fraction is capped to the share.
+"""
+
+from __future__ import annotations
+
+import importlib
+import math
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+from hpcm_tune import metrics
+from hpcm_tune.registry import Registry
+from hpcm_tune.sweep.space import training_config
+
+# Engine factories by name, as "module:attribute" (imported in the trial's worker): factory(config) -> engine.
+ENGINES: Registry[str] = Registry("engine")
+ENGINES.add("hpcm", "hpcm_tune.sweep.trainable:hpcm_engine")
+ENGINES.add("fake", "hpcm_tune.testing:FakeEngine")  # seconds-long stand-in for tests and bench/sweep.py
+
+# Metrics whose non-finite value errors the trial (the watched metric is added per sweep).
+ALWAYS_FINITE: tuple[str, ...] = (metrics.TRAIN_LOSS, metrics.EVAL_LOSS)
+
+
+class NonFiniteMetricError(RuntimeError):
+    """A watched metric became NaN or infinite: the run diverged."""
+
+
+def hpcm_engine(config: Mapping[str, Any]) -> Any:
+    """The real engine from a flat trial config."""
+    from hpcm_tune.config import RunConfig
+    from hpcm_tune.engine import Engine
+
+    return Engine(RunConfig.from_dict(training_config(config)))
+
+
+def resolve_engine(name: str) -> Callable[[Mapping[str, Any]], Any]:
+    module, _, attr = ENGINES.get(name).partition(":")
+    return getattr(importlib.import_module(module), attr)
+
+
+def set_cuda_memory_fraction(gpus: float) -> float | None:
+    """Cap this process's CUDA memory to its logical GPU share (Ray's fractional GPUs are logical only).
+    Returns the fraction set, or None when not sharing a GPU or without CUDA."""
+    if not 0 < gpus < 1:
+        return None
+    import torch
+
+    if not torch.cuda.is_available():
+        return None
+    # Ray sets CUDA_VISIBLE_DEVICES to the trial's GPU, so it is device 0 here.
+    torch.cuda.set_per_process_memory_fraction(float(gpus), device=0)
+    return float(gpus)
+
+
+def check_finite(result: Mapping[str, Any], watched: Iterable[str]) -> None:
+    bad = {k: result[k] for k in watched if k in result and not math.isfinite(float(result[k]))}
+    if bad:
+        raise NonFiniteMetricError(f"epoch {result.get(metrics.EPOCH)}: non-finite {bad}; the run diverged "
+                                   f"(try a lower lr or w_lr)")
+
+
+def run_trial(config: Mapping[str, Any], engine: str, watched: tuple[str, ...]) -> None:
+    """Body of the trainable (runs in the trial's worker process)."""
+    import ray
+    from ray import tune
+
+    gpus = float(ray.get_runtime_context().get_assigned_resources().get("GPU", 0.0))
+    set_cuda_memory_fraction(gpus)
+    run = resolve_engine(engine)(dict(config))
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as d:
+            run.restore(Path(d))
+
+    def on_epoch(result: Mapping[str, Any], checkpoint_dir: str | Path) -> None:
+        check_finite(result, watched)
+        tune.report(dict(result), checkpoint=tune.Checkpoint.from_directory(str(checkpoint_dir)))
+
+    run.run(on_epoch)
+
+
+def make_trainable(engine: str = "hpcm", metric: str = metrics.DEFAULT_METRIC) -> Callable[[dict], None]:
+    """The function trainable Tune runs; its name (``hpcm_trial``) names the trials."""
+    ENGINES.get(engine)  # unknown names fail here, listing the valid ones
+    watched = tuple(dict.fromkeys((*ALWAYS_FINITE, metric)))
+
+    def hpcm_trial(config: dict) -> None:
+        run_trial(config, engine, watched)
+
+    return hpcm_trial
