@@ -128,7 +128,8 @@ class DefineByRun:
 
 class PrunedOptunaSearch(OptunaSearch):
     """OptunaSearch that tells Optuna PRUNED for a trial that ended before ``max_epochs`` without error, after
-    recording its last value as an intermediate value at that step (so TPE sees how far it got)."""
+    recording its last value as an intermediate value at that step (so TPE sees how far it got), and FAIL for
+    an errored trial whatever it reported before."""
 
     def __init__(self, *args: Any, max_epochs: int, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -139,6 +140,11 @@ class PrunedOptunaSearch(OptunaSearch):
         from optuna.trial import TrialState
 
         ot_trial = self._ot_trials.get(trial_id)
+        if error and ot_trial is not None and trial_id not in self._completed_trials:
+            # Ray would tell an errored trial that had reported COMPLETE with its last value: it failed.
+            self._ot_study.tell(ot_trial, state=TrialState.FAIL)
+            self._completed_trials.add(trial_id)
+            return
         early = (
             not error
             and result
