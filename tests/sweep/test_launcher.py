@@ -1,0 +1,106 @@
+"""Launcher and CLI checks that need no Ray runtime: refusals, flag validation, metadata, summaries."""
+
+from __future__ import annotations
+
+import json
+from types import SimpleNamespace
+
+import pytest
+
+from hpcm_tune import metrics
+from hpcm_tune.sweep import cli, launcher
+from hpcm_tune.sweep import space as sp
+
+
+def default_space(**over):
+    return sp.load_space(sp.resolve_space_path("default")).with_overrides(**over)
+
+
+def test_existing_experiment_name_is_refused(tmp_path):
+    (tmp_path / "taken").mkdir()
+    with pytest.raises(sp.SpaceError, match="--resume taken"):
+        launcher.run_sweep(default_space(), launcher.SweepOptions(name="taken", storage=str(tmp_path)))
+
+
+def test_cli_refuses_existing_name_before_ray(tmp_path, capsys):
+    (tmp_path / "taken").mkdir()
+    rc = cli.main(["--name", "taken", "--storage", str(tmp_path), "--engine", "fake"])
+    assert rc == 2
+    assert "already exists" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv", [
+    ["--epochs", "0"], ["--gpus-per-trial", "1.5"], ["--scheduler", "hyperband"], ["--searcher", "bayes"],
+    ["--cpus-per-trial", "-1"], ["--set", "novalue"], ["--retry-errored"], ["--num-samples", "x"],
+    ["--engine", "tpu"],
+])
+def test_bad_flags_exit_2(argv, capsys):
+    with pytest.raises(SystemExit) as info:
+        cli.main(argv)
+    assert info.value.code == 2
+    assert "error" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("argv", "needle"), [
+    (["--set", "lmbda=-1", "--dry-run"], "lmbda = -1"),
+    (["--set", "gamma_s1=0.1", "--dry-run"], "gamma_s1 is searched"),
+    (["--set", "colour=red", "--dry-run"], "colour"),
+    (["--space", "nope", "--dry-run"], "presets:"),
+    (["--searcher", "grid", "--dry-run"], "searcher grid enumerates"),
+    (["--resume", "does-not-exist"], "no hpcm-tune experiment"),
+])
+def test_bad_values_name_the_flag_or_key(argv, needle, capsys, tmp_path):
+    assert cli.main([*argv, "--storage", str(tmp_path)]) == 2
+    assert needle in capsys.readouterr().err
+
+
+def test_dry_run_lists_trial_configs(capsys):
+    assert cli.main(["--space", "objectives", "--dry-run", "--set", "preset=tiny"]) == 0
+    out = capsys.readouterr().out
+    assert "12 trials" in out and "'label': 'hierarchical'" in out
+
+
+def test_flag_overrides_reach_the_space():
+    args = cli.build_parser().parse_args(["--epochs", "3", "--num-samples", "2", "--gpus-per-trial", "0.25",
+                                          "--scheduler", "fifo", "--set", "steps_per_epoch=5", "--seed", "7"])
+    s = cli.space_from_args(args)
+    assert (s.max_epochs, s.samples, s.gpus, s.scheduler, s.seed) == (3, 2, 0.25, "fifo", 7)
+    assert s.fixed["steps_per_epoch"] == 5
+
+
+def test_meta_round_trip_restores_the_space(tmp_path):
+    s = default_space(epochs=3)
+    meta = launcher.experiment_meta(s, launcher.SweepOptions(engine="fake"), "x")
+    meta = json.loads(json.dumps(meta))
+    assert (meta["metric"], meta["mode"], meta["max_epochs"], meta["study"]) == (metrics.EVAL_LOSS, "min", 3, "default")
+    assert meta["space_file"].endswith("default.yaml")
+    back = launcher.space_from_meta(meta)
+    assert back.params == s.params and back.fixed == s.fixed and back.scheduler_options == s.scheduler_options
+    path = str(tmp_path / "e" / launcher.META_FILE)
+    launcher.write_json(path, meta)
+    assert launcher.read_json(path) == meta
+    assert not (tmp_path / "e" / (launcher.META_FILE + ".tmp")).exists()
+
+
+def fake_result(tid, lmbda, epoch, loss, error=None, label="l"):
+    return SimpleNamespace(path=f"/x/{tid}", config={"lmbda": lmbda, "label": label, "gamma_s1": 0.1},
+                           metrics={metrics.EPOCH: epoch, metrics.EVAL_LOSS: loss, "trial_id": tid}, error=error)
+
+
+def test_summary_ranks_per_lambda_and_lists_errors(tmp_path):
+    s = default_space(epochs=4)
+    results = [fake_result("a", 0.01, 4, 0.5), fake_result("b", 0.01, 2, 0.3), fake_result("c", 0.01, 4, 0.4),
+               fake_result("d", 0.02, 4, 2.0), fake_result("e", 0.02, 1, 9.0, error=RuntimeError("boom\nx: NaN"))]
+    summary = launcher.finish(results, s, str(tmp_path), scheduler=None, top=2)
+    assert [r["trial"] for r in summary["best"]["0.01"]] == ["c", "a"]  # full budget first, then by loss
+    assert [r["trial"] for r in summary["best"]["0.02"]] == ["d"]
+    assert [r["trial"] for r in summary["stopped_early"]] == ["b"]
+    assert summary["errored"][0]["error"] == "RuntimeError: x: NaN"
+    text = launcher.format_summary(summary)
+    assert "Best at lambda = 0.01" in text and "Errored trials" in text and f"Results: {tmp_path}" in text
+    assert json.loads((tmp_path / launcher.SUMMARY_FILE).read_text())["trials"] == 5
+
+
+def test_trial_dirname_is_short_and_safe():
+    t = SimpleNamespace(trainable_name="hpcm_trial", trial_id="ab12", config={"label": "s2 emphasis/x", "lmbda": 0.01})
+    assert launcher.trial_dirname(t) == "hpcm_trial_ab12_s2-emphasis-x_lmbda0.01"

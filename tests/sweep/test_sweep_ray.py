@@ -1,0 +1,110 @@
+"""Sweeps through Ray Tune with the seconds-long FakeEngine: the shortened default sweep end to end (Optuna told
+'pruned' for early stops), fault injection, a metric the engine never reports. One local Ray per module."""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+from pathlib import Path
+
+import pytest
+
+from hpcm_tune import metrics
+from hpcm_tune.sweep import cli, launcher
+from hpcm_tune.sweep import space as sp
+
+pytestmark = [pytest.mark.ray, pytest.mark.slow]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def local_ray():
+    import ray
+
+    os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
+    os.environ["WANDB_MODE"] = "offline"
+    launcher.init_ray(None, num_cpus=2)
+    yield
+    ray.shutdown()
+
+
+def trial_dirs(exp: Path) -> list[Path]:
+    return sorted(p for p in exp.iterdir() if p.is_dir() and (p / "params.json").exists())
+
+
+def test_shortened_default_sweep_end_to_end(tmp_path, capsys):
+    rc = cli.main(["--engine", "fake", "--epochs", "4", "--num-samples", "6", "--storage", str(tmp_path),
+                   "--name", "d", "-q"])
+    assert rc == 0
+    out = capsys.readouterr().out
+    exp = tmp_path / "d"
+    assert "Best at lambda = 0.0067" in out and f"Results: {exp}" in out
+    meta = json.loads((exp / launcher.META_FILE).read_text())
+    assert (meta["study"], meta["metric"], meta["mode"], meta["max_epochs"]) == ("default", metrics.EVAL_LOSS,
+                                                                              "min", 4)
+    assert meta["space"]["params"]["scale_weights"]["type"] == "simplex"
+    dirs = trial_dirs(exp)
+    assert len(dirs) == 6
+    for d in dirs:
+        params = json.loads((d / "params.json").read_text())
+        assert params["study"] == "default" and params["label"] == "default"
+        assert abs(sum(params["scale_weights"]) - 1) < 1e-5
+        lines = (d / "result.json").read_text().splitlines()
+        assert [json.loads(x)[metrics.EPOCH] for x in lines] == list(range(1, len(lines) + 1))
+        assert len(list(d.glob("checkpoint_*"))) <= 2  # checkpoints_to_keep
+    summary = json.loads((exp / launcher.SUMMARY_FILE).read_text())
+    assert summary["trials"] == 6 and not summary["errored"]
+    stopped = {r["trial"] for r in summary["stopped_early"]}
+    assert stopped, "ASHA (grace 2, eta 2) over 6 trials stops some"
+    assert summary["epochs_run"] < 6 * 4
+    # Optuna's study (pickled with the experiment): early-stopped trials are PRUNED, full ones COMPLETE.
+    from optuna.trial import TrialState
+
+    state_file = next(exp.glob("searcher-state-*.pkl"))
+    with open(state_file, "rb") as f:
+        searcher = pickle.load(f)
+    study = searcher["searcher"]["_ot_study"] if "searcher" in searcher else searcher["_ot_study"]
+    states = [t.state for t in study.get_trials(deepcopy=False)]
+    assert states.count(TrialState.PRUNED) == len(stopped)
+    assert states.count(TrialState.COMPLETE) == 6 - len(stopped)
+
+
+def test_fault_injection_errors_one_trial_retries_another(tmp_path):
+    log = tmp_path / "engine.log"
+    hooks = {"_fake_fail_once_dir": str(tmp_path), "_fake_log": str(log)}
+    data = {
+        "study": "faults", "scheduler": "fifo", "searcher": "grid", "max_concurrent": 2, "max_failures": 1,
+        "fixed": {"preset": "tiny", "lmbda": 0.0067, "epochs": 4, **hooks},
+        "configurations": {
+            "healthy": {"_fake_fail_epoch": 0, "_fake_nan_epoch": 99},
+            "crash once": {"_fake_fail_epoch": 3, "_fake_nan_epoch": 99},
+            "diverges": {"_fake_fail_epoch": 0, "_fake_nan_epoch": 2},
+        },
+    }
+    space = sp.parse_space(data, "faults.yaml")
+    summary = launcher.run_sweep(space, launcher.SweepOptions(engine="fake", storage=str(tmp_path), name="f",
+                                                              verbose=0))
+    by_label = {r["label"]: r for r in summary["errored"]}
+    assert set(by_label) == {"diverges"}
+    assert "NonFiniteMetricError" in by_label["diverges"]["error"] and "non-finite" in by_label["diverges"]["error"]
+    assert summary["trials"] == 3 and summary["finished"] == 2
+    finished_labels = {r["label"] for rows in summary["best"].values() for r in rows}
+    assert finished_labels == {"healthy", "crash once"}
+    # The crashed trial was retried from its last checkpoint (epoch 2), not from scratch.
+    assert any(line.endswith("restore 2") for line in log.read_text().splitlines())
+    assert "Errored trials" in launcher.format_summary(summary)
+
+
+def test_metric_never_reported_fails_loudly(tmp_path):
+    data = {
+        "study": "nometric", "scheduler": "asha", "searcher": "random", "max_failures": 0,
+        "fixed": {"preset": "tiny", "lmbda": 0.0067, "epochs": 3, "_fake_omit": [metrics.EVAL_LOSS]},
+    }
+    space = sp.parse_space(data, "nometric.yaml")
+    try:
+        summary = launcher.run_sweep(space, launcher.SweepOptions(engine="fake", storage=str(tmp_path),
+                                                                  name="n", verbose=0))
+    except Exception as exc:  # Tune may abort the whole run: loud either way
+        assert metrics.EVAL_LOSS in str(exc)
+        return
+    assert summary["errored"] and metrics.EVAL_LOSS in summary["errored"][0]["error"]
