@@ -119,6 +119,14 @@ def check_image(x: object) -> torch.Tensor:
     return x
 
 
+def _used_tables(indexes: torch.Tensor, tables: tuple[list, list, list]) -> tuple[list[int], tuple[list, ...]]:
+    """Pass the coder only the CDF tables a step uses (re-indexed): converting all of them to C++ on every
+    step would dominate the coding time. Encoder and decoder derive the same indexes, so both agree."""
+    used, local = torch.unique(indexes, return_inverse=True)
+    rows = used.tolist()
+    return local.tolist(), tuple([table[r] for r in rows] for table in tables)
+
+
 def _transform(layers: list[nn.Module]) -> nn.Sequential:
     return nn.Sequential(*layers)
 
@@ -359,8 +367,9 @@ class HPCM(CompressionModel):
             def step(k, scales, means, mask, grids=grids, encoders=encoders):
                 q = torch.round(grids[ctxmod.STEP_SCALE[k]] - means)
                 symbols = q.masked_select(mask).int().tolist()
-                indexes = self.y_conditional.build_indexes(scales.masked_select(mask)).tolist()
-                encoders[ctxmod.STEP_SCALE[k]].encode_with_indexes(symbols, indexes, *tables)
+                idx = self.y_conditional.build_indexes(scales.masked_select(mask))
+                indexes, step_tables = _used_tables(idx, tables)
+                encoders[ctxmod.STEP_SCALE[k]].encode_with_indexes(symbols, indexes, *step_tables)
                 return torch.where(mask, q + means, 0.0)
 
             y_hat, _, _ = self._hierarchy(params, step)
@@ -441,8 +450,9 @@ class HPCM(CompressionModel):
                 decoders.append(dec)
 
             def step(k, scales, means, mask, decoders=decoders):
-                indexes = self.y_conditional.build_indexes(scales.masked_select(mask)).tolist()
-                values = decoders[ctxmod.STEP_SCALE[k]].decode_stream(indexes, *tables)
+                idx = self.y_conditional.build_indexes(scales.masked_select(mask))
+                indexes, step_tables = _used_tables(idx, tables)
+                values = decoders[ctxmod.STEP_SCALE[k]].decode_stream(indexes, *step_tables)
                 q = torch.zeros_like(means).masked_scatter(mask.expand_as(means),
                                                            torch.tensor(values, dtype=means.dtype, device=device))
                 return torch.where(mask, q + means, 0.0)
