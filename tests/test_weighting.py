@@ -428,3 +428,40 @@ def test_state_follows_the_losses_to_cuda_and_matches_cpu() -> None:
         state = weighting.state_dict()
         assert state["logits"].device.type == "cpu"
     torch.testing.assert_close(results[0], results[1])
+
+
+@pytest.mark.parametrize("mode", ["same_batch", "next_batch"])
+def test_same_noise_reevaluation_measures_the_step_not_the_noise(mode: str) -> None:
+    """With a zero learning rate the model does not change: re-evaluating the same batch with the same
+    quantization noise gives delta = 0 and the logits stay at 0; next_batch sees only noise and moves."""
+    from hpcm_tune.objectives import build_objective
+    from hpcm_tune.testing import TinyCompressionModel
+
+    torch.manual_seed(0)
+    model = TinyCompressionModel().train()
+    objective = build_objective("hierarchical", 0.0067)
+    weighting = build_weighting("hierarchical", objective.task_names, update_mode=mode)
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.0)
+    x = torch.rand(2, 3, 32, 32)
+    for _ in range(3):
+        noise_state = torch.get_rng_state()
+        parts = objective(model(x), x)
+        task_losses = {t: parts[t] for t in objective.task_names}
+        optimizer.zero_grad()
+        weighting.loss(task_losses).backward()
+        optimizer.step()
+
+        def reevaluate(noise_state=noise_state) -> dict[str, torch.Tensor]:
+            after = torch.get_rng_state()
+            torch.set_rng_state(noise_state)
+            with torch.no_grad():
+                again = objective(model(x), x)
+            torch.set_rng_state(after)
+            return {t: again[t] for t in objective.task_names}
+
+        weighting.update({t: v.detach() for t, v in task_losses.items()}, reevaluate)
+    moved = weighting.logits().abs().max().item()
+    if mode == "same_batch":
+        assert moved == 0.0
+    else:
+        assert moved > 1e-3
