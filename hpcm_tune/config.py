@@ -392,6 +392,23 @@ class RunConfig:
         return RunConfig.from_dict({**self.to_dict(), **flat})
 
 
+def to_flat(d: Mapping[str, Any]) -> dict[str, Any]:
+    """Only the keys ``d`` gives, nested sections turned into flat keys (no defaults added, values unchecked):
+    for layering configs (file, then flags, then --set) before ``RunConfig.from_dict`` checks the result."""
+    by_field = {place: key for key, place in FLAT_KEYS.items()}
+    out: dict[str, Any] = {}
+    for key, value in d.items():
+        if key in SECTIONS and isinstance(value, Mapping):
+            for name, inner in value.items():
+                if (key, name) not in by_field:
+                    valid = ", ".join(sorted(f.name for f in fields(SECTIONS[key])))
+                    raise ValueError(f"{key}.{name}: unknown key; allowed in section {key!r}: {valid}")
+                out[by_field[key, name]] = inner
+        else:
+            out[key] = value
+    return out
+
+
 def flat_defaults() -> dict[str, Any]:
     """Every flat key with its default (weighting unresolved: None follows the objective)."""
     out: dict[str, Any] = {}
@@ -417,4 +434,5 @@ __all__ = [
     "ScheduleConfig",
     "WeightingConfig",
     "flat_defaults",
+    "to_flat",
 ]

@@ -1,0 +1,164 @@
+"""Checkpoint directories: written atomically, loaded without executing code, checked for preset and format.
+
+Layout: ``<root>/epoch_000005/state.pt`` (+ ``meta.json`` for people and tools). A checkpoint directory is
+first written under a hidden temporary name and renamed into place, so a crash never leaves a half-written
+checkpoint where a good one was (DESIGN.md §9); the state file inside is itself written to a temporary name and
+renamed. ``state.pt`` holds only tensors and plain Python containers and is read with
+``torch.load(weights_only=True)``, which refuses anything that would run code.
+
+Every state carries ``format`` (FORMAT_VERSION) and ``preset``: a checkpoint of another preset or another
+format fails with a message naming both. A checkpoint that cannot be read (truncated, corrupt) is skipped with
+a warning in favour of the previous one in the same root.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+
+FORMAT_VERSION = 1
+STATE_FILE = "state.pt"
+META_FILE = "meta.json"
+_NAME = re.compile(r"^epoch_(\d{6,})$")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that belongs to another preset or format, or no readable checkpoint at all."""
+
+
+def checkpoint_name(epoch: int) -> str:
+    return f"epoch_{epoch:06d}"
+
+
+def list_checkpoints(root: str | Path) -> list[Path]:
+    """The checkpoint directories of ``root``, oldest first."""
+    root = Path(root)
+    if not root.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in root.iterdir() if p.is_dir() and (m := _NAME.match(p.name))]
+    return [p for _, p in sorted(found)]
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def save_checkpoint(state: dict[str, Any], root: str | Path, epoch: int, keep: int = 2) -> Path:
+    """Write ``state`` as ``root/epoch_NNNNNN`` atomically; keep the newest ``keep`` checkpoints (0: all)."""
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / checkpoint_name(epoch)
+    tmp = root / f".{final.name}.tmp-{os.getpid()}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir()
+    part = tmp / f"{STATE_FILE}.part"
+    with open(part, "wb") as f:
+        torch.save(state, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(part, tmp / STATE_FILE)
+    meta = {"format": state.get("format"), "preset": state.get("preset"), "epoch": state.get("epoch"),
+            "step": state.get("step")}
+    (tmp / META_FILE).write_text(json.dumps(meta) + "\n")
+    _fsync_dir(tmp)
+    if final.exists():  # the same epoch written again (a run resumed from an earlier checkpoint)
+        old = root / f".{final.name}.old-{os.getpid()}"
+        os.replace(final, old)
+        os.replace(tmp, final)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, final)
+    _fsync_dir(root)
+    if keep > 0:
+        for stale in list_checkpoints(root)[:-keep]:
+            shutil.rmtree(stale, ignore_errors=True)
+    return final
+
+
+def read_state(directory: str | Path) -> dict[str, Any]:
+    """The state of one checkpoint directory, loaded with ``weights_only=True`` (no code runs)."""
+    path = Path(directory) / STATE_FILE
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(state, dict):
+        raise CheckpointError(f"checkpoint {path} holds a {type(state).__name__}, not a state dict")
+    return state
+
+
+def check_state(state: dict[str, Any], where: Path, preset: str) -> None:
+    """Fail, naming both sides, on another format or another preset."""
+    found = state.get("format")
+    if found != FORMAT_VERSION:
+        raise CheckpointError(
+            f"checkpoint {where} has format {found!r}; this version of hpcm_tune reads format {FORMAT_VERSION}"
+        )
+    if state.get("preset") != preset:
+        raise CheckpointError(
+            f"checkpoint {where} is for preset {state.get('preset')!r}; this run uses preset {preset!r}"
+        )
+
+
+def _candidates(path: Path) -> list[Path]:
+    """Newest first: ``path`` itself if it is a checkpoint directory, then the older checkpoints beside it;
+    or every checkpoint of ``path`` if it is a root."""
+    if (path / STATE_FILE).exists() or _NAME.match(path.name):
+        siblings = list_checkpoints(path.parent) if _NAME.match(path.name) else []
+        older = [p for p in siblings if p.name < path.name]
+        return [path, *reversed(older)]
+    return list(reversed(list_checkpoints(path)))
+
+
+def load_checkpoint(path: str | Path, preset: str) -> tuple[dict[str, Any], Path]:
+    """The newest readable checkpoint at ``path`` (a checkpoint directory or a root of them) and where it was.
+
+    An unreadable checkpoint falls back to the previous one with a warning; a readable one of another preset or
+    format raises CheckpointError at once (falling back past it would silently resume something else).
+    """
+    path = Path(path)
+    candidates = _candidates(path)
+    if not candidates:
+        raise CheckpointError(f"no checkpoint at {path} (expected {STATE_FILE} or {checkpoint_name(0)[:-6]}NNNNNN/)")
+    failures = []
+    for i, candidate in enumerate(candidates):
+        try:
+            state = read_state(candidate)
+        except CheckpointError:
+            raise
+        except Exception as error:  # truncated zip, bad pickle, missing file: the file is unusable
+            failures.append(f"{candidate}: {type(error).__name__}: {error}")
+            if i + 1 < len(candidates):
+                warnings.warn(f"checkpoint {candidate} is unreadable ({type(error).__name__}: {error}); "
+                              f"falling back to {candidates[i + 1]}", stacklevel=2)
+            continue
+        check_state(state, candidate, preset)
+        return state, candidate
+    raise CheckpointError("no readable checkpoint: " + "; ".join(failures))
+
+
+__all__ = [
+    "FORMAT_VERSION",
+    "STATE_FILE",
+    "CheckpointError",
+    "check_state",
+    "checkpoint_name",
+    "list_checkpoints",
+    "load_checkpoint",
+    "read_state",
+    "save_checkpoint",
+]
