@@ -15,7 +15,7 @@ from pathlib import Path
 from hpcm_tune.analysis.bd import BD_METHODS, DEFAULT_MIN_OVERLAP
 from hpcm_tune.analysis.report import build_report, render_markdown, write_outputs
 from hpcm_tune.analysis.results import ResultsWarning, load_experiments
-from hpcm_tune.analysis.tables import POINTS, RATES, AnalysisOptions
+from hpcm_tune.analysis.tables import POINTS, RATES, AnalysisOptions, BaselineError
 
 DEFAULT_OUT = "analysis"
 
@@ -71,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"warning: {w.message}", file=sys.stderr)
     try:
         report = build_report(experiments, options)
-    except ValueError as err:  # e.g. a --baseline that matches several configurations
+    except BaselineError as err:
         print(f"analyze.py: {err}", file=sys.stderr)
         return 2
     if args.baseline and not any(st.user_baseline_found for st in report.studies):

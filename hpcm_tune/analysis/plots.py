@@ -19,12 +19,35 @@ from hpcm_tune.analysis.results import STUDY  # noqa: E402
 from hpcm_tune.analysis.tables import RATES  # noqa: E402
 
 MAX_LEGEND = 14  # more entries than this hide the plot; the rest are summarised as "+N more"
+MAX_BANDS = 5  # std bands only up to this many configurations per panel (more are unreadable and slow)
+MAX_HIGHLIGHT = 11  # beyond the baseline, the best configurations (by BD-rate) in colour; the rest thin grey
+MAX_LABEL = 48  # characters of a legend label (generated labels of random searches can be long)
+OTHERS_COLOR = "0.7"
+
+
+def _short(label: str) -> str:
+    return label if len(label) <= MAX_LABEL else label[: MAX_LABEL - 1] + "…"
+
+
+def _ranked(report, study: str, labels: list[str]) -> tuple[str | None, list[str], list[str]]:
+    """(baseline, highlighted, others): highlighted are the MAX_HIGHLIGHT best configurations by BD-rate
+    (then by name), so a sweep of a hundred configurations still gives a readable figure."""
+    base = report.baselines.get(study)
+    rest = [lb for lb in labels if lb != base]
+    if len(rest) <= MAX_HIGHLIGHT:
+        return base, rest, []
+    tables = next((st for st in report.studies if st.study == study), None)
+    score = {}
+    if tables is not None and "BD-rate PSNR (%)" in tables.ablation:
+        score = dict(zip(tables.ablation["configuration"], tables.ablation["BD-rate PSNR (%)"], strict=True))
+    order = sorted(rest, key=lambda lb: (not np.isfinite(score.get(lb, np.nan)), score.get(lb, 0.0), lb))
+    return base, order[:MAX_HIGHLIGHT], order[MAX_HIGHLIGHT:]
 DPI = 110
 
 
 def _png(fig) -> bytes:
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=DPI, bbox_inches="tight")
+    fig.savefig(buf, format="png", dpi=DPI)  # after tight_layout: no second "tight" draw pass
     plt.close(fig)
     return buf.getvalue()
 
@@ -41,7 +64,7 @@ def _colors(n: int):
     return [cmap(i % cmap.N) for i in range(n)]
 
 
-def _legend(ax, baseline_first: bool = True) -> None:
+def _legend(ax, loc: str = "best", outside: bool = False) -> None:
     handles, labels = ax.get_legend_handles_labels()
     if not handles:
         return
@@ -50,7 +73,11 @@ def _legend(ax, baseline_first: bool = True) -> None:
         handles, labels = handles[:MAX_LEGEND], labels[:MAX_LEGEND]
         handles.append(plt.Line2D([], [], linestyle="none"))
         labels.append(f"+{extra} more")
-    ax.legend(handles, labels, fontsize=8, loc="best", framealpha=0.85)
+    if outside:
+        ax.legend(handles, labels, fontsize=8, loc="upper left", bbox_to_anchor=(1.03, 1.0), borderaxespad=0.0)
+        return
+    # "best" placement scans every line point: only affordable for a few lines.
+    ax.legend(handles, labels, fontsize=8, loc=loc if len(handles) <= 6 else "upper left", framealpha=0.85)
 
 
 def rd_curves(report) -> bytes:
@@ -65,36 +92,41 @@ def rd_curves(report) -> bytes:
     studies = list(dict.fromkeys(curves[STUDY]))
     fig, axes = plt.subplots(len(studies), len(qualities), figsize=(7.0 * len(qualities), 4.8 * len(studies)),
                              squeeze=False)
-    baselines = report.baselines
+    groups = dict(tuple(curves.groupby([STUDY, "configuration"], sort=False)))
     for r, study in enumerate(studies):
-        part = curves[curves[STUDY] == study]
-        labels = list(dict.fromkeys(part["configuration"]))
-        base = baselines.get(study)
-        others = [lb for lb in labels if lb != base]
+        base, highlighted, others = _ranked(report, study, list(dict.fromkeys(curves.loc[curves[STUDY] == study,
+                                                                                        "configuration"])))
         for c, (col, name) in enumerate(qualities):
             ax = axes[r][c]
-            if base in labels:
-                _rd_line(ax, part[part["configuration"] == base], col, f"{base} (baseline)", "black", 2.6, "s", 5)
-            for label, color in zip(others, _colors(len(others)), strict=True):
-                _rd_line(ax, part[part["configuration"] == label], col, label, color, 1.4, "o", 3)
+            for i, label in enumerate(others):
+                _rd_line(ax, groups[(study, label)], col, f"{len(others)} others" if i == 0 else None,
+                         OTHERS_COLOR, 0.8, None, 1)
+            if (study, base) in groups:
+                _rd_line(ax, groups[(study, base)], col, _short(f"{base} (baseline)"), "black", 2.6, "s", 5)
+            for label, color in zip(highlighted, _colors(len(highlighted)), strict=True):
+                _rd_line(ax, groups[(study, label)], col, _short(label), color, 1.4, "o", 3)
             ax.set_xlabel(f"rate: {RATES[report.options.rate]} (bits per pixel)")
             ax.set_ylabel(name)
             ax.set_title(f"{study}: {name} vs rate", fontsize=11)
             ax.grid(True, alpha=0.3)
-            _legend(ax)
+            _legend(ax, "lower right")
     fig.tight_layout()
     return _png(fig)
 
 
-def _rd_line(ax, rows: pd.DataFrame, col: str, label: str, color, width: float, marker: str, z: int) -> None:
+def _rd_line(ax, rows: pd.DataFrame, col: str, label: str | None, color, width: float, marker: str | None,
+             z: int) -> None:
     rows = rows.sort_values("rate")
     rows = rows[rows[col].notna()]
     if rows.empty:
         return
-    err = rows[f"{col}_std"].to_numpy() if f"{col}_std" in rows else None
-    err = None if err is None or not np.isfinite(err).any() else np.nan_to_num(err)
-    ax.errorbar(rows["rate"], rows[col], yerr=err, label=label, color=color, linewidth=width, marker=marker,
-                markersize=4 + width, capsize=2 if err is not None else 0, zorder=z)
+    err = rows[f"{col}_std"].to_numpy(dtype=np.float64, na_value=np.nan) if f"{col}_std" in rows else None
+    x, y = rows["rate"].to_numpy(dtype=np.float64), rows[col].to_numpy(dtype=np.float64)
+    if err is None or not np.isfinite(err).any() or marker is None:
+        ax.plot(x, y, label=label, color=color, linewidth=width, marker=marker, markersize=4 + width, zorder=z)
+        return
+    ax.errorbar(x, y, yerr=np.nan_to_num(err), label=label, color=color, linewidth=width, marker=marker,
+                markersize=4 + width, capsize=2, zorder=z, elinewidth=max(width / 2, 0.6))
 
 
 def _histories(report, prefix: str) -> pd.DataFrame:
@@ -124,32 +156,44 @@ def _trajectories(report, prefix: str, what: str, order: tuple[str, ...]) -> byt
     names = [n for n in order if n in present] + sorted(present.difference(order))
     fig, axes = plt.subplots(len(studies), len(names), figsize=(3.6 * len(names) + 1, 3.2 * len(studies)),
                              squeeze=False, sharex=False)
-    baselines = report.baselines
-    stats = hist.groupby([STUDY, "configuration", "metric", "epoch"])["value"].agg(["mean", "std"]).reset_index()
+    stats = hist.groupby([STUDY, "configuration", "metric", "epoch"], sort=True)["value"].agg(["mean", "std"])
+    stats = stats.reset_index()
+    lines = {key: grp for key, grp in stats.groupby([STUDY, "metric", "configuration"], sort=False)}
     for r, study in enumerate(studies):
-        part = stats[stats[STUDY] == study]
-        labels = list(dict.fromkeys(hist.loc[hist[STUDY] == study, "configuration"]))
-        colors = dict(zip(labels, _colors(len(labels)), strict=True))
+        base, highlighted, others = _ranked(report, study, list(dict.fromkeys(hist.loc[hist[STUDY] == study,
+                                                                                     "configuration"])))
+        labels = ([base] if base is not None else []) + highlighted + others
+        colors = dict(zip(highlighted, _colors(len(highlighted)), strict=True))
+        colors.update({lb: OTHERS_COLOR for lb in others})
+        colors[base] = "black"
         for c, name in enumerate(names):
             ax = axes[r][c]
             for label in labels:
-                line = part[(part["configuration"] == label) & (part["metric"] == name)].sort_values("epoch")
-                if line.empty:
+                line = lines.get((study, name, label))
+                if line is None:
                     continue
-                is_base = label == baselines.get(study)
-                color = "black" if is_base else colors[label]
-                ax.plot(line["epoch"], line["mean"], color=color, linewidth=2.4 if is_base else 1.3,
-                        label=label + (" (baseline)" if is_base else ""))
-                if line["std"].notna().any():
-                    ax.fill_between(line["epoch"], line["mean"] - line["std"].fillna(0),
-                                    line["mean"] + line["std"].fillna(0), color=color, alpha=0.12, linewidth=0)
+                epoch = line["epoch"].to_numpy(dtype=np.float64)
+                mean = line["mean"].to_numpy(dtype=np.float64)
+                std = line["std"].to_numpy(dtype=np.float64, na_value=np.nan)
+                is_base, is_other = label == base, label in others
+                color = colors[label]
+                if is_other:
+                    shown = f"{len(others)} others" if label == others[0] else None
+                else:
+                    shown = _short(label + (" (baseline)" if is_base else ""))
+                ax.plot(epoch, mean, color=color, linewidth=2.4 if is_base else (0.8 if is_other else 1.3),
+                        label=shown, zorder=1 if is_other else (3 if is_base else 2))
+                if len(labels) <= MAX_BANDS and np.isfinite(std).any():
+                    std = np.nan_to_num(std)
+                    ax.fill_between(epoch, mean - std, mean + std, color=color, alpha=0.12, linewidth=0)
             ax.set_title(f"{study}: {name}", fontsize=10)
             ax.set_xlabel("epoch")
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))
             ax.grid(True, alpha=0.3)
             if c == 0:
                 ax.set_ylabel(what)
-                _legend(ax)
+            if c == len(names) - 1:  # one legend per study, outside the panels so it hides no line
+                _legend(ax, outside=True)
     fig.tight_layout()
     return _png(fig)
 

@@ -258,6 +258,10 @@ def mean_curves(points: pd.DataFrame) -> pd.DataFrame:
 # ---------------------------------------------------------------------------------------------- baseline
 
 
+class BaselineError(ValueError):
+    """--baseline selects several configurations of a study."""
+
+
 class Footnotes:
     """Numbered footnotes, one number per distinct text."""
 
@@ -329,7 +333,7 @@ def choose_baseline(part: pd.DataFrame, options: AnalysisOptions, header_baselin
         if len(chosen) == 1:
             return chosen[0], f"--baseline {' '.join(options.baseline)}"
         if len(chosen) > 1:
-            raise ValueError(f"--baseline {' '.join(options.baseline)} matches several configurations: "
+            raise BaselineError(f"--baseline {' '.join(options.baseline)} matches several configurations: "
                              f"{', '.join(chosen)}; add key=value specs to pick one")
     note = "" if not options.baseline else f"--baseline {' '.join(options.baseline)} not in this study; "
     if OBJECTIVE in part.columns:
@@ -378,10 +382,23 @@ class StudyTables:
     user_baseline_found: bool = False  # whether --baseline named a configuration of this study
 
 
-def _bd_stats(anchor: pd.DataFrame, seeds: dict, fn, quality: str, options: AnalysisOptions):
+_CURVE_COLUMNS = ("rate", "psnr", "ms_ssim_db")
+
+
+def _curves(points: pd.DataFrame, keys: list[str]) -> dict[tuple, dict[str, np.ndarray]]:
+    """Mean RD curve (arrays over sorted lambda) for each group of ``keys``, in one pass (fast on big sweeps)."""
+    if points.empty:
+        return {}
+    grouped = points.groupby([*keys, LMBDA], sort=True)[list(_CURVE_COLUMNS)].mean().reset_index()
+    arrays = {c: grouped[c].to_numpy(dtype=np.float64) for c in _CURVE_COLUMNS}
+    return {(k if isinstance(k, tuple) else (k,)): {c: a[idx] for c, a in arrays.items()}
+            for k, idx in grouped.groupby(keys, sort=False).indices.items()}
+
+
+def _bd_stats(anchor: dict, seeds: list[dict], fn, quality: str, options: AnalysisOptions):
     """BD of each seed's curve against the anchor curve: (mean, std, n, [reasons])."""
     values, reasons = [], []
-    for curve in seeds.values():
+    for curve in seeds:
         value, reason = _bd_one(anchor, curve, fn, quality, options)
         if reason:
             reasons.append(reason)
@@ -393,22 +410,19 @@ def _bd_stats(anchor: pd.DataFrame, seeds: dict, fn, quality: str, options: Anal
     return float(np.mean(values)), std, len(values), reasons
 
 
-def _bd_one(anchor: pd.DataFrame, test: pd.DataFrame, fn, quality: str, options: AnalysisOptions):
-    a = anchor[["rate", quality]].dropna()
-    t = test[["rate", quality]].dropna()
+def _bd_one(anchor: dict, test: dict, fn, quality: str, options: AnalysisOptions):
+    """(value, None), (value, overlap note) or (None, reason it cannot be computed)."""
+    keep_a = np.isfinite(anchor["rate"]) & np.isfinite(anchor[quality])
+    keep_t = np.isfinite(test["rate"]) & np.isfinite(test[quality])
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", BDOverlapWarning)
         try:
-            value = fn(a["rate"], a[quality], t["rate"], t[quality], method=options.method,
-                       min_overlap=options.min_overlap)
+            value = fn(anchor["rate"][keep_a], anchor[quality][keep_a], test["rate"][keep_t],
+                       test[quality][keep_t], method=options.method, min_overlap=options.min_overlap)
         except BDError as err:
             return None, err.reason
     overlap = [str(w.message) for w in caught if issubclass(w.category, BDOverlapWarning)]
     return value, ("curves overlap little: " + overlap[0].split(": ", 1)[-1]) if overlap else None
-
-
-def _seed_curves(points: pd.DataFrame) -> dict:
-    return {seed: grp.groupby(LMBDA)[["rate", "psnr", "ms_ssim_db"]].mean() for seed, grp in points.groupby(SEED)}
 
 
 def _fmt(value: float, digits: int, std: float = math.nan) -> str:
@@ -430,50 +444,53 @@ def study_tables(table: pd.DataFrame, study: str, options: AnalysisOptions, head
     points = curve_points(part, options)
     lambdas = sorted(points[LMBDA].unique()) if not points.empty else []
     has_ms_ssim = bool(points["ms_ssim_db"].notna().any()) if not points.empty else False
-    anchor_points = points[points["configuration"] == baseline]
-    anchor = anchor_points.groupby(LMBDA)[["rate", "psnr", "ms_ssim_db"]].mean() if not anchor_points.empty else None
+    mean_curves_ = {k[0]: v for k, v in _curves(points, ["configuration"]).items()}
+    seed_curves: dict[str, list[dict]] = {}
+    for (label, _seed), curve in _curves(points, ["configuration", SEED]).items():
+        seed_curves.setdefault(label, []).append(curve)
+    anchor = mean_curves_.get(baseline)
+    bd_columns = [c for c in _BD_COLUMNS if has_ms_ssim or c[0] != "ms_ssim_db"]
     # The baseline's own seed-to-seed spread: the noise any difference is judged against.
     base_noise = {}
     if anchor is not None:
-        for quality, fn, key in _BD_COLUMNS:
-            if quality == "ms_ssim_db" and not has_ms_ssim:
-                continue
-            mean, std, n, _ = _bd_stats(anchor, _seed_curves(anchor_points), fn, quality, options)
+        for quality, fn, key in bd_columns:
+            _, std, n, _ = _bd_stats(anchor, seed_curves.get(baseline, []), fn, quality, options)
             base_noise[key] = (std, n)
+    at_lambda = (points.groupby(["configuration", LMBDA])[["psnr", "rate"]].agg(["mean", "std", "count"])
+                 if not points.empty else None)
+    trials_by = dict(tuple(part.groupby("configuration", sort=False)))
 
     rows, display, per_lambda = [], [], []
     weight_cols = [c for c in part.columns if c.startswith(m.weight_name(""))]
-    for label in dict.fromkeys(part["configuration"]):
-        trials = part[part["configuration"] == label]
-        pts = points[points["configuration"] == label]
+    for label, trials in trials_by.items():
+        n_seeds = int(points.loc[points["configuration"] == label, SEED].nunique()) if label in mean_curves_ else 0
+        finished = trials["status"] == FINISHED
         num: dict = {"configuration": label, "baseline": label == baseline,
-                     "trials": len(trials), "finished": int((trials["status"] == FINISHED).sum()),
-                     "errored": int((trials["status"] == ERRORED).sum()),
-                     "seeds": int(pts[SEED].nunique()) if not pts.empty else 0}
+                     "trials": len(trials), "finished": int(finished.sum()),
+                     "errored": int((trials["status"] == ERRORED).sum()), "seeds": n_seeds}
         disp: dict = {"configuration": label + (" (baseline)" if label == baseline else ""),
                       "trials": f"{num['finished']}/{num['trials']}"}
-        for quality, fn, key in _BD_COLUMNS:
-            if quality == "ms_ssim_db" and not has_ms_ssim:
-                continue
+        for quality, fn, key in bd_columns:
             digits = 3 if key == "BD-PSNR (dB)" else 2
             if label == baseline:
                 num[key], num[key + " std"] = 0.0, math.nan
                 disp[key] = "0 (anchor)"
                 continue
-            cell, mean, std = _bd_cell(anchor, pts, fn, quality, key, digits, options, notes, base_noise)
+            cell, mean, std = _bd_cell(anchor, mean_curves_.get(label), seed_curves.get(label, []), fn, quality,
+                                       key, digits, options, notes, base_noise)
             num[key], num[key + " std"] = mean, std
             disp[key] = cell
         lam_disp = {"configuration": disp["configuration"]}
         for lam in lambdas:
-            at = pts[pts[LMBDA] == lam]
-            num[f"PSNR @{lam:g}"] = float(at["psnr"].mean()) if not at.empty else math.nan
-            num[f"bpp @{lam:g}"] = float(at["rate"].mean()) if not at.empty else math.nan
-            if at.empty:
+            have = at_lambda is not None and (label, lam) in at_lambda.index
+            stats = at_lambda.loc[(label, lam)] if have else None
+            num[f"PSNR @{lam:g}"] = float(stats[("psnr", "mean")]) if have else math.nan
+            num[f"bpp @{lam:g}"] = float(stats[("rate", "mean")]) if have else math.nan
+            if not have:
                 lam_disp[f"lambda {lam:g}"] = "n/a " + notes.mark(
                     f"no {'usable ' if options.include_partial else 'finished '}trial at this lambda")
                 continue
-            psnr_std = float(at["psnr"].std(ddof=1)) if len(at) > 1 else math.nan
-            lam_disp[f"lambda {lam:g}"] = (f"{_fmt(num[f'PSNR @{lam:g}'], 2, psnr_std)} dB / "
+            lam_disp[f"lambda {lam:g}"] = (f"{_fmt(num[f'PSNR @{lam:g}'], 2, float(stats[('psnr', 'std')]))} dB / "
                                            f"{num[f'bpp @{lam:g}']:.4f}")
         per_lambda.append(lam_disp)
         share = _rate_shares(trials, options)
@@ -482,7 +499,7 @@ def study_tables(table: pd.DataFrame, study: str, options: AnalysisOptions, head
         disp["rate share s1/s2/s3 (%)"] = ("/".join(f"{v:.0f}" for v in share.values())
                                            if all(finite(v) for v in share.values()) else "n/a " + notes.mark(
                                                "per-scale rates not reported"))
-        done = trials[trials["status"] == FINISHED] if (trials["status"] == FINISHED).any() else trials
+        done = trials[finished] if finished.any() else trials
         for col in weight_cols:
             task = col.split("/", 1)[1]
             value = float(pd.to_numeric(done[col], errors="coerce").mean())
@@ -508,14 +525,12 @@ _BD_COLUMNS = (
 )
 
 
-def _bd_cell(anchor, pts, fn, quality, key, digits, options, notes, base_noise):
+def _bd_cell(anchor, mean_curve, seeds, fn, quality, key, digits, options, notes, base_noise):
     if anchor is None:
         return "n/a " + notes.mark("the baseline has no usable RD point"), math.nan, math.nan
-    if pts.empty or pts[quality].isna().all():
+    if mean_curve is None or not np.isfinite(mean_curve[quality]).any():
         why = "no finished trial" if not options.include_partial else "no trial with eval results"
-        return "n/a " + notes.mark(why if pts.empty else f"{quality} not reported"), math.nan, math.nan
-    seeds = _seed_curves(pts)
-    mean_curve = pts.groupby(LMBDA)[["rate", "psnr", "ms_ssim_db"]].mean()
+        return "n/a " + notes.mark(why if mean_curve is None else f"{quality} not reported"), math.nan, math.nan
     mean, std, n, reasons = _bd_stats(anchor, seeds, fn, quality, options)
     if n < 2:
         # One seed, or seeds not covering enough lambdas each: the BD of the mean curve.
@@ -545,44 +560,60 @@ def _rate_shares(trials: pd.DataFrame, options: AnalysisOptions) -> dict[str, fl
     """Each scale's share of the total estimated rate, in %, mean over finished trials; z is counted in s3
     (DESIGN.md §3: the original design calls s3 the hyperprior scale)."""
     done = trials[trials["status"] == FINISHED] if (trials["status"] == FINISHED).any() else trials
-    parts = {}
-    for scale in m.SCALES:
-        col = metric_column(m.EVAL_BPP_SCALE[scale], options)
-        parts[scale] = pd.to_numeric(done[col], errors="coerce") if col in done.columns else None
-    if any(p is None for p in parts.values()):
+    cols = [metric_column(m.EVAL_BPP_SCALE[scale], options) for scale in m.SCALES]
+    if any(c not in done.columns for c in cols):
         return {s: math.nan for s in m.SCALES}
+    parts = np.array(done[cols].to_numpy(dtype=np.float64, na_value=np.nan))  # writable copy
     z_col = metric_column(m.EVAL_BPP_Z, options)
     if z_col in done.columns:
-        parts[m.SCALES[-1]] = parts[m.SCALES[-1]] + pd.to_numeric(done[z_col], errors="coerce").fillna(0.0)
-    total = sum(parts.values())
-    return {s: float((100.0 * p / total).mean()) for s, p in parts.items()}
+        parts[:, -1] += np.nan_to_num(done[z_col].to_numpy(dtype=np.float64, na_value=np.nan))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        shares = 100.0 * parts / parts.sum(axis=1, keepdims=True)
+    rows = np.isfinite(shares).all(axis=1)
+    if not rows.any():
+        return {s: math.nan for s in m.SCALES}
+    return dict(zip(m.SCALES, shares[rows].mean(axis=0).tolist(), strict=True))
+
+
+LEADERBOARD_COLUMNS = [LMBDA, "rank", "configuration", "loss", "psnr", "bpp", "n", "note"]
 
 
 def leaderboard(part: pd.DataFrame, options: AnalysisOptions) -> pd.DataFrame:
     """Per lambda, the configurations ranked by eval R-D loss (lower is better; PSNR when no loss): mean
     over the finished trials, or over the others (noted) when none finished."""
-    loss_col, psnr_col = metric_column(m.EVAL_LOSS, options), metric_column(m.EVAL_PSNR, options)
-    rate_col = metric_column(RATES[options.rate], options)
-    if LMBDA not in part.columns:
-        return pd.DataFrame(columns=[LMBDA, "rank", "configuration", "loss", "psnr", "bpp", "n", "note"])
-    rows = []
-    for (lam, label), grp in part.groupby([LMBDA, "configuration"], sort=True):
-        done = grp[grp["status"] == FINISHED]
-        use, note = (done, "") if not done.empty else (grp, "not finished: " + ", ".join(
-            f"{n} {s}" for s, n in grp["status"].value_counts().items()))
-        vals = {k: pd.to_numeric(use[c], errors="coerce").mean() if c in use.columns else math.nan
-                for k, c in (("loss", loss_col), ("psnr", psnr_col), ("bpp", rate_col))}
-        if not any(finite(v) for v in vals.values()):
-            note = note or "no eval results"
-        rows.append({LMBDA: lam, "configuration": label, **vals, "n": len(use), "note": note})
-    board = pd.DataFrame(rows)
+    if LMBDA not in part.columns or part.empty:
+        return pd.DataFrame(columns=LEADERBOARD_COLUMNS)
+    names = {"loss": m.EVAL_LOSS, "psnr": m.EVAL_PSNR, "bpp": RATES[options.rate]}
+    frame = pd.DataFrame({
+        LMBDA: pd.to_numeric(part[LMBDA], errors="coerce"), "configuration": part["configuration"],
+        "status": part["status"], "finished": part["status"] == FINISHED,
+        **{k: (pd.to_numeric(part[metric_column(c, options)], errors="coerce")
+               if metric_column(c, options) in part.columns else np.nan) for k, c in names.items()},
+    })
+    frame = frame[frame[LMBDA].notna()]
+    keys = [LMBDA, "configuration"]
+    has_finished = frame.groupby(keys)["finished"].transform("any")
+    use = frame[frame["finished"] | ~has_finished]
+    board = use.groupby(keys, sort=True)[list(names)].mean()
+    board["n"] = use.groupby(keys, sort=True).size()
+    board = board.reset_index()
+    unfinished = frame[~has_finished]
+    notes = {}
+    if not unfinished.empty:
+        counts = unfinished.groupby([*keys, "status"]).size()
+        for (lam, label, status), n in counts.items():
+            notes.setdefault((lam, label), []).append(f"{n} {status}")
+    board["note"] = ["not finished: " + ", ".join(notes[k]) if k in notes else ""
+                     for k in zip(board[LMBDA], board["configuration"], strict=True)]
+    empty = board[list(names)].isna().all(axis=1)
+    board.loc[empty & (board["note"] == ""), "note"] = "no eval results"
     if board.empty:
-        return pd.DataFrame(columns=[LMBDA, "rank", "configuration", "loss", "psnr", "bpp", "n", "note"])
-    by_loss = board["loss"].notna().any()
+        return pd.DataFrame(columns=LEADERBOARD_COLUMNS)
+    by_loss = bool(board["loss"].notna().any())
     board = board.sort_values([LMBDA, "loss" if by_loss else "psnr"], ascending=[True, by_loss],
-                              na_position="last")
+                              na_position="last", kind="stable")
     board.insert(1, "rank", board.groupby(LMBDA).cumcount() + 1)
-    return board.reset_index(drop=True)
+    return board[LEADERBOARD_COLUMNS].reset_index(drop=True)
 
 
 def status_counts(table: pd.DataFrame) -> pd.DataFrame:
