@@ -1,0 +1,109 @@
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from hpcm_tune import metrics as M
+from hpcm_tune.testing import make_image_folder
+from hpcm_tune.train import main
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)  # shared 2-core machine: intra-op threads only spin against other processes
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    return make_image_folder(tmp_path_factory.mktemp("data"), n_train=2, n_test=1, size=(64, 64))
+
+
+def _printed_config(capsys, *argv):
+    assert main([*argv, "--print-config"]) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def test_the_original_design_example_runs_nearly_as_written(capsys):
+    config = _printed_config(capsys, "--use_hierarchical", "--scale_weights", "0.2", "0.3", "0.5",
+                             "--gamma_s1", "0.008", "--gamma_s2", "0.006", "--gamma_s3", "0.004",
+                             "--adaptive_gamma", "--gamma_strategy", "hierarchical", "--w_lr", "0.01",
+                             "--clip_max_norm", "2.0", "--lambda", "0.013")
+    assert config["objective"] == "hierarchical" and config["weighting"] == "hierarchical"
+    assert config["scale_weights"] == [0.2, 0.3, 0.5] and config["gamma_strategy"] == "hierarchical"
+    assert config["w_lr"] == 0.01 and config["clip_max_norm"] == 2.0 and config["lmbda"] == 0.013
+
+
+def test_adaptive_gamma_alone_selects_the_original_default_strategy(capsys):
+    assert _printed_config(capsys, "--adaptive_gamma")["gamma_strategy"] == "hierarchical"
+    assert _printed_config(capsys)["gamma_strategy"] == "fixed"
+
+
+def test_layers_file_then_flags_then_set(tmp_path, capsys):
+    path = tmp_path / "run.yaml"
+    path.write_text("optimizer:\n  lr: 2.0e-4\nw_lr: 0.05\nepochs: 9\nlabel: from-file\n")
+    config = _printed_config(capsys, "--config", str(path), "--w_lr", "0.04", "--set", "epochs=11",
+                             "--set", "scale_weights=[0.5, 0.3, 0.2]")
+    assert config["lr"] == 2e-4 and config["w_lr"] == 0.04 and config["epochs"] == 11
+    assert config["scale_weights"] == [0.5, 0.3, 0.2] and config["label"] == "from-file"
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--set", "epochs=0"], "epochs: got 0"),
+    (["--set", "nonsense"], "expected KEY=VALUE"),
+    (["--set", "learning_rate=1"], "learning_rate: unknown key"),
+])
+def test_bad_values_exit_2_with_a_message(capsys, argv, message):
+    with pytest.raises(SystemExit) as info:
+        main([*argv, "--print-config"])
+    assert info.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_yaml_is_read_safely(tmp_path, capsys):
+    path = tmp_path / "evil.yaml"
+    path.write_text("lr: !!python/object/apply:os.system ['echo pwned']\n")
+    with pytest.raises(SystemExit) as info:
+        main(["--config", str(path), "--print-config"])
+    assert info.value.code == 2 and "not valid YAML" in capsys.readouterr().err
+
+
+def test_a_short_run_writes_params_results_and_checkpoints_and_resumes(folder, tmp_path, capsys):
+    out = tmp_path / "run"
+    common = ["--out", str(out), "--quiet", "-d", str(folder), "--set", "batch_size=2", "--set", "patch_size=64",
+              "--set", "steps_per_epoch=1", "--set", "num_workers=0", "--set", "codec_interval=0",
+              "--set", "lr_schedule=constant"]
+    assert main([*common, "--set", "epochs=2"]) == 0
+    last = json.loads(capsys.readouterr().out)
+    assert last[M.EPOCH] == 2
+    params = json.loads((out / "params.json").read_text())
+    assert params["epochs"] == 2 and params["data"] == str(folder)
+    lines = [json.loads(line) for line in (out / "result.json").read_text().splitlines()]
+    assert [r[M.EPOCH] for r in lines] == [1, 2] and lines[-1] == last
+    assert (out / "checkpoints" / "epoch_000002" / "state.pt").is_file()
+
+    with pytest.raises(SystemExit) as info:  # never silently overwrite a run
+        main([*common, "--set", "epochs=2"])
+    assert info.value.code == 2 and "already holds checkpoints" in capsys.readouterr().err
+
+    assert main(["--out", str(out), "--resume", "--quiet"]) == 0  # the recorded config: nothing left to do
+    assert len((out / "result.json").read_text().splitlines()) == 2
+    capsys.readouterr()
+    with pytest.warns(UserWarning, match="differs from this run's config in epochs"):
+        assert main([*common, "--resume", "--set", "epochs=3"]) == 0
+    lines = [json.loads(line) for line in (out / "result.json").read_text().splitlines()]
+    assert [r[M.EPOCH] for r in lines] == [1, 2, 3]
+    # The same three epochs in one go give the same numbers (constant lr, fixed gammas).
+    fresh = tmp_path / "fresh"
+    assert main([*common[2:], "--out", str(fresh), "--set", "epochs=3"]) == 0
+    assert [json.loads(line) for line in (fresh / "result.json").read_text().splitlines()] == lines
+
+
+@pytest.mark.slow
+def test_console_script_module_runs(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "hpcm_tune.train", "--help"], capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0 and "--use_hierarchical" in result.stdout and "--set" in result.stdout
