@@ -317,7 +317,7 @@ class Engine:
             x = x.to(self.device)
             padded, pad = pad_to_multiple(x, self.pad_multiple)
             with self._autocast():
-                out = self.forward(padded)
+                out = model(padded)  # not the compiled forward: every image size would recompile it
             x_hat = crop_to(out["x_hat"].float(), pad).clamp(0.0, 1.0)
             terms = self.objective({"x_hat": x_hat, "likelihoods": {k: v.float() for k, v in
                                                                      out["likelihoods"].items()}}, x)
