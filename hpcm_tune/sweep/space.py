@@ -221,6 +221,17 @@ class Simplex(Domain):
         return [round(self.min + free * v / total, 6) for v in e]
 
 
+def domain_spec(dom: Domain) -> dict[str, Any]:
+    """The YAML form of a domain (parse_domain(domain_spec(d)) == d)."""
+    spec: dict[str, Any] = {"type": dom.kind}
+    for f in dataclasses.fields(dom):
+        if f.name != "kind":
+            value = getattr(dom, f.name)
+            spec["values" if f.name in ("grid", "choices") else f.name] = list(value) if isinstance(value, tuple) \
+                else value
+    return spec
+
+
 def _num(source: str, key: str, spec: Mapping, name: str, integer: bool = False) -> Any:
     if name not in spec:
         raise SpaceError(source, key, dict(spec), f"missing '{name}'")
@@ -381,8 +392,7 @@ class SearchSpace:
     def to_json(self) -> dict[str, Any]:
         """The parsed content as plain JSON (written to hpcm_tune.json)."""
         out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in ("params", "raw")}
-        out["params"] = {k: {"type": d.kind, **{f.name: getattr(d, f.name) for f in dataclasses.fields(d)
-                                               if f.name != "kind"}} for k, d in self.params.items()}
+        out["params"] = {k: domain_spec(d) for k, d in self.params.items()}
         return _jsonable(out)
 
 

@@ -178,3 +178,11 @@ def test_internal_test_hooks_allowed_in_fixed_and_stripped():
     data["fixed"]["_fake_fail_epoch"] = 2
     s = sp.parse_space(data, "a.yaml")
     assert "_fake_fail_epoch" not in sp.training_config(sp.trial_configs(s)[0])
+
+
+def test_domain_spec_round_trip():
+    for spec in ({"type": "grid", "values": [0.1, 0.2]}, {"type": "choice", "values": ["a", "b"]},
+                 {"type": "quniform", "low": 0.0, "high": 1.0, "q": 0.25}, {"type": "randint", "low": 1, "high": 4},
+                 {"type": "simplex", "dim": 3, "min": 0.1}, {"type": "loguniform", "low": 0.001, "high": 0.1}):
+        dom = sp.parse_domain("f", "k", spec)
+        assert sp.parse_domain("f", "k", sp.domain_spec(dom)) == dom
