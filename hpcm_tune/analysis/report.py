@@ -175,7 +175,7 @@ def _csv(df: pd.DataFrame) -> str:
 
 def write_outputs(report: Report, out_dir: str | Path, plots: bool = True) -> list[Path]:
     """Write report.md, trials.csv, curves.csv, status.csv, ablation.csv, leaderboard.csv, one
-    ablation_<study>.tex per study and, with ``plots``, rd_curves.png, weights.png and gammas.png."""
+    tables_<study>.tex per study and, with ``plots``, rd_curves.png, weights.png and gammas.png."""
     out = Path(out_dir)
     written: list[Path] = []
 
@@ -196,7 +196,7 @@ def write_outputs(report: Report, out_dir: str | Path, plots: bool = True) -> li
         if len(st.per_lambda.columns) > 1:
             tex += latex_table(st.per_lambda, f"{st.study}: PSNR (dB) / bpp at each lambda")
         tex += latex_table(_leaderboard_display(st.leaderboard), f"{st.study}: leaderboard per lambda")
-        put(f"ablation_{_slug(st.study)}.tex", tex)
+        put(f"tables_{_slug(st.study)}.tex", tex)
     put("ablation.csv", _csv(pd.concat(ablations, ignore_index=True) if ablations else pd.DataFrame()))
     put("leaderboard.csv", _csv(pd.concat(boards, ignore_index=True) if boards else pd.DataFrame()))
     if plots:

@@ -26,8 +26,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from hpcm_tune import metrics as m
+from hpcm_tune.sweep.launcher import DEFAULT_STORAGE, META_FILE  # the sweep's names (plain Python, no Ray)
 
-HEADER_FILE = "hpcm_tune.json"
+HEADER_FILE = META_FILE
 PARAMS_FILE = "params.json"
 RESULT_FILE = "result.json"
 PROGRESS_FILE = "progress.csv"
@@ -50,7 +51,6 @@ UNFINISHED = "unfinished"  # pending or running in a sweep still going (or kille
 STATUSES = (FINISHED, STOPPED, ERRORED, UNFINISHED)
 _RAY_UNFINISHED = {"PENDING", "RUNNING", "PAUSED"}
 
-DEFAULT_STORAGE_NAME = "results"
 
 
 class ResultsWarning(UserWarning):
@@ -125,10 +125,10 @@ class Experiment:
 
 def default_storage() -> Path:
     """``./results`` (the sweep's default storage); if absent, ``results/`` beside the project's package."""
-    here = Path.cwd() / DEFAULT_STORAGE_NAME
+    here = Path.cwd() / DEFAULT_STORAGE
     if here.is_dir():
         return here
-    return Path(__file__).resolve().parents[2] / DEFAULT_STORAGE_NAME
+    return Path(__file__).resolve().parents[2] / DEFAULT_STORAGE
 
 
 def is_experiment_dir(path: Path) -> bool:

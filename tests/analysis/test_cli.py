@@ -25,7 +25,7 @@ def test_writes_every_output_and_prints_markdown(storage, tmp_path, scale_weight
     assert ablation.loc[ablation["configuration"] == "s3 emphasis", "BD-rate PSNR (%)"].iloc[0] == pytest.approx(-10)
     assert len(pd.read_csv(out / "leaderboard.csv")) == 17  # 4 lambdas x 4 configurations + the errored one
     assert len(pd.read_csv(out / "curves.csv")) == 16
-    tex = (out / "ablation_scale_weights.tex").read_text()
+    tex = (out / "tables_scale_weights.tex").read_text()
     assert "\\begin{tabular}" in tex and "s3 emphasis" in tex and "\\%" in tex
     assert (out / "report.md").read_text().startswith("# HPCM sweep analysis")
     for name in ("rd_curves.png", "weights.png", "gammas.png"):

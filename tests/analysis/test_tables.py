@@ -1,3 +1,4 @@
+import json
 import math
 
 import pandas as pd
@@ -151,3 +152,19 @@ def test_several_experiments_merge_into_one_study(storage, scale_weight_trials):
     assert len(report.studies) == 1
     assert set(report.trials["experiment"]) == {"first", "second"}
     assert (report.studies[0].ablation["seeds"] == 2).all()
+
+
+def test_best_point_is_the_epoch_best_in_the_sweeps_metric(storage, trial):
+    path = write_experiment_dir(storage, "exp", [trial("a", lam) for lam in LAMBDAS])
+    # Make epoch 2 the best of every trial: later epochs are worse in eval/loss (and in PSNR).
+    for result in path.glob("*/result.json"):
+        rows = [json.loads(line) for line in result.read_text().splitlines()]
+        rows[1][m.EVAL_LOSS], rows[1][m.EVAL_PSNR] = 0.0, 50.0
+        result.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    exps = load_experiments([path])
+    table = trial_table(exps)
+    assert (table["best_epoch"] == 2).all() and (table["best " + m.EVAL_PSNR] == 50.0).all()
+    assert (table[m.EVAL_PSNR] < 50.0).all()
+    best = build_report(exps, AnalysisOptions(point="best")).curves
+    final = build_report(exps, AnalysisOptions(point="final")).curves
+    assert (best["psnr"] == 50.0).all() and (final["psnr"] < 50.0).all()
