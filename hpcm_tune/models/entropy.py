@@ -82,10 +82,15 @@ class GeneralizedGaussianConditional(GaussianConditional):
         return -float(scipy.special.gammainccinv(a, 2.0 * quantile)) ** (1.0 / self.beta)
 
     def likelihood(self, residual: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
-        """P(residual) for an (already quantized or noisy) zero-mean residual, floored at 1e-9."""
-        like = self._likelihood(residual, scales)
-        if self.use_likelihood_bound:
-            like = self.likelihood_lower_bound(like)
+        """P(residual) for an (already quantized or noisy) zero-mean residual, floored at 1e-9.
+
+        Computed in float32 at least (under bf16/fp16 autocast too): the incomplete gamma function has no
+        half-precision kernels, and rates need the precision anyway."""
+        dtype = torch.promote_types(torch.promote_types(residual.dtype, scales.dtype), torch.float32)
+        with torch.autocast(residual.device.type, enabled=False):
+            like = self._likelihood(residual.to(dtype), scales.to(dtype))
+            if self.use_likelihood_bound:
+                like = self.likelihood_lower_bound(like)
         return like
 
 

@@ -137,15 +137,17 @@ def test_tiny_training_step_is_fast():
     opt = torch.optim.Adam(model.parameters(), lr=1e-4)
     x = torch.rand(2, 3, 64, 64)
     times = []
+    # CPU time of this process (all its threads), not wall time: the test machine is shared, and CPU time
+    # is what a step costs whether or not other jobs compete for the cores.
     for _ in range(4):
-        start = time.perf_counter()
+        start = time.process_time()
         out = model(x)
         loss = sum(-torch.log2(v).sum() for v in out["likelihoods"].values()) + torch.mean((out["x_hat"] - x) ** 2)
         opt.zero_grad()
         loss.backward()
         opt.step()
-        times.append(time.perf_counter() - start)
-    assert sorted(times)[1] < 1.0
+        times.append(time.process_time() - start)
+    assert sorted(times)[1] < 1.0, times
 
 
 @pytest.mark.parametrize(
@@ -182,3 +184,15 @@ def test_runs_on_cuda():
     model = build_model("tiny").cuda().train()
     out = model(torch.rand(2, 3, 64, 64, device="cuda"))
     assert out["x_hat"].is_cuda and all(v.is_cuda for v in out["likelihoods"].values())
+
+
+def test_bf16_autocast_forward_backward():
+    torch.manual_seed(0)
+    model = build_model("tiny").train()
+    x = torch.rand(1, 3, 64, 64)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(x)
+    assert all(v.dtype == torch.float32 for v in out["likelihoods"].values())
+    loss = sum(-torch.log2(v).sum() for v in out["likelihoods"].values()) + out["x_hat"].float().mean()
+    loss.backward()
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
