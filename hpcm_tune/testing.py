@@ -320,8 +320,9 @@ class FakeEngine:
     ``_fake_omit`` (metric names never reported).
     """
 
-    def __init__(self, config: dict) -> None:
+    def __init__(self, config: dict, workdir: str | Path | None = None) -> None:
         self.config = dict(config)
+        self.workdir = workdir
         self.epochs = int(self.config.get("epochs", 10))
         self.epoch = 0
         self._dirs: list[Path] = []
@@ -386,7 +387,7 @@ class FakeEngine:
             if nan_epoch is not None and self.epoch >= int(nan_epoch):
                 out["eval/loss"] = float("nan")
                 out["train/loss"] = float("nan")
-            d = Path(tempfile.mkdtemp(prefix="fake_ckpt_"))
+            d = Path(tempfile.mkdtemp(prefix="fake_ckpt_", dir=self.workdir))
             (d / "fake_engine.json").write_text(json.dumps({"epoch": self.epoch,
                                                             "config_lmbda": self.config.get("lmbda")}))
             self._dirs.append(d)

@@ -182,7 +182,7 @@ def assign_configurations(table: pd.DataFrame) -> pd.DataFrame:
         varying = [c for c in param_cols if part[c].map(_fmt_or_none).nunique(dropna=False) > 1]
         names: dict[str, str] = {}
         for key, group in part.groupby("config_key", sort=False):
-            given = Counter(str(v) for v in group[LABEL] if not _missing(v))
+            given = Counter(str(v) for v in group[LABEL] if not _missing(v) and str(v).strip())
             if given:
                 names[key] = given.most_common(1)[0][0]
             else:

@@ -406,7 +406,7 @@ def _jsonable(v: Any) -> Any:
 
 def _check_value(source: str, key: str, value: Any) -> None:
     """Sign and shape checks for values whose meaning we know (the rest is RunConfig's job)."""
-    if key in GAMMA_KEYS:
+    if key in GAMMA_KEYS or key == "gamma":
         if not _is_number(value) or value < 0:
             raise SpaceError(source, key, value, "gammas must be finite numbers >= 0")
     elif key in (LAMBDA_KEY, "w_lr", "lr"):
@@ -540,6 +540,8 @@ def _validate_scheduler(space: SearchSpace) -> None:
         if LAMBDA_KEY not in gb:
             raise SpaceError(src, "scheduler.group_by", gb,
                              f"must contain {LAMBDA_KEY}: losses at different lambda are not comparable")
+    if space.metric == metrics.EVAL_ACTUAL_BPP and space.fixed.get("codec_interval", 1) == 0:
+        raise SpaceError(src, "fixed.codec_interval", 0, f"{space.metric} is only reported when the codec runs")
     if space.scheduler in ("asha", "pbt") and space.fixed.get("eval_interval", 1) != 1 and \
             space.metric.startswith("eval/"):
         raise SpaceError(src, "fixed.eval_interval", space.fixed.get("eval_interval"),

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib
 import math
+import tempfile
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,8 @@ from hpcm_tune import metrics
 from hpcm_tune.registry import Registry
 from hpcm_tune.sweep.space import training_config
 
-# Engine factories by name, as "module:attribute" (imported in the trial's worker): factory(config) -> engine.
+# Engine factories by name, as "module:attribute" (imported in the trial's worker):
+# factory(config, workdir) -> engine, where workdir is a scratch folder for its checkpoints.
 ENGINES: Registry[str] = Registry("engine")
 ENGINES.add("hpcm", "hpcm_tune.sweep.trainable:hpcm_engine")
 ENGINES.add("fake", "hpcm_tune.testing:FakeEngine")  # seconds-long stand-in for tests and bench/sweep.py
@@ -32,12 +34,12 @@ class NonFiniteMetricError(RuntimeError):
     """A watched metric became NaN or infinite: the run diverged."""
 
 
-def hpcm_engine(config: Mapping[str, Any]) -> Any:
+def hpcm_engine(config: Mapping[str, Any], workdir: str | Path) -> Any:
     """The real engine from a flat trial config."""
     from hpcm_tune.config import RunConfig
     from hpcm_tune.engine import Engine
 
-    return Engine(RunConfig.from_dict(training_config(config)))
+    return Engine(RunConfig.from_dict(training_config(config)), workdir=workdir)
 
 
 def resolve_engine(name: str) -> Callable[[Mapping[str, Any]], Any]:
@@ -73,17 +75,20 @@ def run_trial(config: Mapping[str, Any], engine: str, watched: tuple[str, ...]) 
 
     gpus = float(ray.get_runtime_context().get_assigned_resources().get("GPU", 0.0))
     set_cuda_memory_fraction(gpus)
-    run = resolve_engine(engine)(dict(config))
-    checkpoint = tune.get_checkpoint()
-    if checkpoint is not None:
-        with checkpoint.as_directory() as d:
-            run.restore(Path(d))
+    # Scratch space for the engine's checkpoints: each is copied to the experiment's storage when reported,
+    # so the folder goes when the trial ends (it never lands in the experiment directory).
+    with tempfile.TemporaryDirectory(prefix="hpcm-trial-") as workdir:
+        run = resolve_engine(engine)(dict(config), workdir)
+        checkpoint = tune.get_checkpoint()
+        if checkpoint is not None:
+            with checkpoint.as_directory() as d:
+                run.restore(Path(d))
 
-    def on_epoch(result: Mapping[str, Any], checkpoint_dir: str | Path) -> None:
-        check_finite(result, watched)
-        tune.report(dict(result), checkpoint=tune.Checkpoint.from_directory(str(checkpoint_dir)))
+        def on_epoch(result: Mapping[str, Any], checkpoint_dir: str | Path) -> None:
+            check_finite(result, watched)
+            tune.report(dict(result), checkpoint=tune.Checkpoint.from_directory(str(checkpoint_dir)))
 
-    run.run(on_epoch)
+        run.run(on_epoch)
 
 
 def make_trainable(engine: str = "hpcm", metric: str = metrics.DEFAULT_METRIC) -> Callable[[dict], None]:

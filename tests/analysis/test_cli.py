@@ -52,3 +52,23 @@ def test_errors_exit_2_with_a_message(tmp_path, monkeypatch, storage, scale_weig
     assert "matches no configuration" in err and "s2 emphasis" in err
     assert main([str(storage / "exp"), "--min-overlap", "2", "--no-plots"]) == 2
     assert "min_overlap=2.0 is not allowed" in capsys.readouterr().err
+
+
+def test_a_sweep_with_nothing_finished_yet_still_gives_a_report(storage, tmp_path, trial, capsys):
+    trials = [trial("", lam, epochs_run=0, status="PENDING", corrupt="no_dir") for lam in (0.001, 0.002)]
+    trials.append(trial("", 0.003, epochs_run=1, status="RUNNING"))
+    write_experiment_dir(storage, "exp", trials)
+    out = tmp_path / "out"
+    assert main([str(storage / "exp"), "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "0 finished, 0 stopped early, 0 errored, 3 unfinished" in printed
+    assert "not finished: 1 unfinished" in printed  # the leaderboard still lists what ran
+    for name in ("rd_curves.png", "weights.png", "gammas.png"):
+        assert (out / name).read_bytes().startswith(PNG_MAGIC)
+    assert len(pd.read_csv(out / "trials.csv")) == 3
+
+
+def test_an_experiment_without_trials(storage, tmp_path, trial, capsys):
+    write_experiment_dir(storage, "exp", [])
+    assert main([str(storage / "exp"), "--out", str(tmp_path / "out"), "--no-plots"]) == 0
+    assert "No trial found." in capsys.readouterr().out
