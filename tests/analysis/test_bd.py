@@ -9,6 +9,12 @@ from hpcm_tune.analysis import BDError, BDOverlapWarning, bd_psnr, bd_rate
 # HPCM Base on Kodak, paper points (DESIGN.md §2): bpp, PSNR dB.
 BASE_BPP = [0.1211, 0.1757, 0.2729, 0.4125, 0.5898, 0.8209]
 BASE_PSNR = [29.4022, 30.7547, 32.4012, 34.2063, 36.0145, 37.7525]
+# HPCM Large on Kodak (official repository lyq133/LIC-HPCM, README "R-D Data").
+LARGE_BPP = [0.0951, 0.1537, 0.2438, 0.3778, 0.5516, 0.7843]
+LARGE_PSNR = [28.9135, 30.4490, 32.1219, 33.9923, 35.8511, 37.7480]
+# Minnen 2018 (NeurIPS) on Kodak, tensorflow/compression's published results: an older codec, 9 points.
+MINNEN_BPP = [0.071997, 0.153354, 0.264381, 0.428511, 0.635404, 0.904279, 1.258828, 1.982050, 2.992778]
+MINNEN_PSNR = [26.804116, 28.880747, 30.927089, 33.028649, 34.998064, 37.053312, 39.120817, 42.165220, 45.074915]
 # A second, worse codec: not a shifted copy of Base, so both fits actually differ in shape.
 OTHER_BPP = [0.1302, 0.1911, 0.2951, 0.4460, 0.6352, 0.8790]
 OTHER_PSNR = [29.21, 30.57, 32.14, 33.97, 35.68, 37.46]
@@ -26,6 +32,23 @@ def test_agrees_with_bjontegaard_package_on_published_curve(method):
     ref_db = bjontegaard.bd_psnr(BASE_BPP, BASE_PSNR, OTHER_BPP, OTHER_PSNR, method=method)
     assert abs(ours_db - ref_db) < 1e-4
     assert ours_db < 0
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_published_kodak_curves(method):
+    # Large vs Base: the paper's BD-rates against VTM (-19.19 % and -15.31 %) imply about -4.6 %.
+    large = bd_rate(BASE_BPP, BASE_PSNR, LARGE_BPP, LARGE_PSNR, method=method)
+    assert abs(large - bjontegaard.bd_rate(BASE_BPP, BASE_PSNR, LARGE_BPP, LARGE_PSNR, method=method)) < 0.01
+    assert -6.0 < large < -3.0
+    # Base vs Minnen 2018: curves of different lengths and ranges (the overlap is partial: a warning).
+    with pytest.warns(BDOverlapWarning):
+        base = bd_rate(MINNEN_BPP, MINNEN_PSNR, BASE_BPP, BASE_PSNR, method=method)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ref = bjontegaard.bd_rate(MINNEN_BPP, MINNEN_PSNR, BASE_BPP, BASE_PSNR, method=method,
+                                  require_matching_points=False)
+    assert abs(base - ref) < 0.01
+    assert -30.0 < base < -20.0
 
 
 @pytest.mark.parametrize("method", METHODS)
