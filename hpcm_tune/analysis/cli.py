@@ -71,6 +71,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"warning: {w.message}", file=sys.stderr)
     try:
         report = build_report(experiments, options)
+        report.warnings = [str(w.message) for w in caught if issubclass(w.category, ResultsWarning)]
     except BaselineError as err:
         print(f"analyze.py: {err}", file=sys.stderr)
         return 2

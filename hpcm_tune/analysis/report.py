@@ -33,6 +33,7 @@ class Report:
     trials: pd.DataFrame
     curves: pd.DataFrame
     studies: list[StudyTables] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)  # files skipped or replaced while reading
 
     @property
     def baselines(self) -> dict[str, str | None]:
@@ -114,6 +115,12 @@ def render_markdown(report: Report) -> str:
     counts = report.trials["status"].value_counts() if not report.trials.empty else pd.Series(dtype=int)
     out += ["", "Trials: " + ", ".join(f"{int(counts.get(s, 0))} {s}" for s in STATUSES) + ".",
             _describe_points(report.options) + ".", ""]
+    if report.warnings:
+        out += [f"Skipped or replaced while reading ({len(report.warnings)}):", ""]
+        out += [f"- {w}" for w in report.warnings[:20]]
+        if len(report.warnings) > 20:
+            out.append(f"- ... and {len(report.warnings) - 20} more")
+        out.append("")
     if report.trials.empty:
         out.append("No trial found.")
         return "\n".join(out) + "\n"

@@ -39,6 +39,10 @@ from hpcm_tune.analysis.results import (
 # Config keys that do not make a different configuration: lambda and seed by definition, metadata, and
 # where/how fast a run executes.
 NOT_HYPERPARAMETERS = frozenset({LMBDA, SEED, STUDY, LABEL, "device", "num_workers"})
+# The original design's 'ratio' decomposition (DESIGN.md §3): every task is a fixed multiple of D or R.
+DECOMPOSITION, RATIO_DECOMPOSITION = "decomposition", "ratio"
+RATIO_NOTE = ("ratio decomposition: each task is a fixed fraction of lambda·D or R, so under a log-based "
+              "weighting the fractions cancel from the gradient: a 2-task method in disguise (DESIGN.md §3)")
 # The objective every ablation is measured against when present (DESIGN.md §3 baselines).
 DEFAULT_BASELINE_OBJECTIVE = "standard"
 
@@ -470,6 +474,8 @@ def study_tables(table: pd.DataFrame, study: str, options: AnalysisOptions, head
                      "errored": int((trials["status"] == ERRORED).sum()), "seeds": n_seeds}
         disp: dict = {"configuration": label + (" (baseline)" if label == baseline else ""),
                       "trials": f"{num['finished']}/{num['trials']}"}
+        if DECOMPOSITION in trials.columns and (trials[DECOMPOSITION] == RATIO_DECOMPOSITION).any():
+            disp["configuration"] += " " + notes.mark(RATIO_NOTE)
         for quality, fn, key in bd_columns:
             digits = 3 if key == "BD-PSNR (dB)" else 2
             if label == baseline:

@@ -18,6 +18,7 @@ def test_writes_every_output_and_prints_markdown(storage, tmp_path, scale_weight
     assert "Baseline: **s2 emphasis**" in printed.out
     assert "Errored trials" in printed.out and "fake failure" in printed.out
     assert "result.json" in printed.err and "corrupted line" in printed.err
+    assert "Skipped or replaced while reading (2)" in printed.out
     trials_csv = pd.read_csv(out / "trials.csv")
     assert len(trials_csv) == 17 and set(trials_csv["status"]) == {"finished", "errored"}
     ablation = pd.read_csv(out / "ablation.csv")

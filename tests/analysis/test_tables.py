@@ -168,3 +168,12 @@ def test_best_point_is_the_epoch_best_in_the_sweeps_metric(storage, trial):
     best = build_report(exps, AnalysisOptions(point="best")).curves
     final = build_report(exps, AnalysisOptions(point="final")).curves
     assert (best["psnr"] == 50.0).all() and (final["psnr"] < 50.0).all()
+
+
+def test_ratio_decomposition_is_footnoted_as_two_tasks_in_disguise(storage, trial):
+    trials = [trial(dec, lam, config={"decomposition": dec}) for dec in ("measured", "ratio") for lam in LAMBDAS]
+    report = _report(storage, "exp", trials)
+    st = report.studies[0]
+    ratio = st.display[st.display["configuration"].str.startswith("ratio")].iloc[0]["configuration"]
+    assert ratio.endswith("]") and any("2-task method in disguise" in f for f in st.footnotes)
+    assert not st.display[st.display["configuration"].str.startswith("measured")].iloc[0]["configuration"].endswith("]")
