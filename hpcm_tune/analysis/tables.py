@@ -479,8 +479,9 @@ def study_tables(table: pd.DataFrame, study: str, options: AnalysisOptions, head
         for quality, fn, key in bd_columns:
             digits = 3 if key == "BD-PSNR (dB)" else 2
             if label == baseline:
-                num[key], num[key + " std"] = 0.0, math.nan
-                disp[key] = "0 (anchor)"
+                num[key], num[key + " std"] = (0.0 if anchor is not None else math.nan), math.nan
+                disp[key] = "0 (anchor)" if anchor is not None else "n/a " + notes.mark(
+                    f"the baseline {baseline!r} has no usable RD point: no BD-rate")
                 continue
             cell, mean, std = _bd_cell(anchor, mean_curves_.get(label), seed_curves.get(label, []), fn, quality,
                                        key, digits, options, notes, base_noise)
@@ -516,8 +517,6 @@ def study_tables(table: pd.DataFrame, study: str, options: AnalysisOptions, head
     ablation = pd.DataFrame(rows)
     disp_df = pd.DataFrame(display).fillna("")
     lambda_df = pd.DataFrame(per_lambda).fillna("")
-    if anchor is None and baseline is not None:
-        notes.mark(f"the baseline {baseline!r} has no usable RD point: no BD-rate")
     return StudyTables(study=study, baseline=baseline, baseline_reason=reason, ablation=ablation,
                        display=disp_df, per_lambda=lambda_df, leaderboard=leaderboard(part, options),
                        footnotes=notes.texts,
@@ -533,7 +532,7 @@ _BD_COLUMNS = (
 
 def _bd_cell(anchor, mean_curve, seeds, fn, quality, key, digits, options, notes, base_noise):
     if anchor is None:
-        return "n/a " + notes.mark("the baseline has no usable RD point"), math.nan, math.nan
+        return "n/a " + notes.mark("the baseline has no usable RD point: no BD-rate"), math.nan, math.nan
     if mean_curve is None or not np.isfinite(mean_curve[quality]).any():
         why = "no finished trial" if not options.include_partial else "no trial with eval results"
         return "n/a " + notes.mark(why if mean_curve is None else f"{quality} not reported"), math.nan, math.nan

@@ -64,6 +64,7 @@ def test_a_sweep_with_nothing_finished_yet_still_gives_a_report(storage, tmp_pat
     printed = capsys.readouterr().out
     assert "0 finished, 0 stopped early, 0 errored, 3 unfinished" in printed
     assert "not finished: 1 unfinished" in printed  # the leaderboard still lists what ran
+    assert "n/a [1]" in printed and "[1] the baseline" in printed and "no usable RD point" in printed
     for name in ("rd_curves.png", "weights.png", "gammas.png"):
         assert (out / name).read_bytes().startswith(PNG_MAGIC)
     assert len(pd.read_csv(out / "trials.csv")) == 3
