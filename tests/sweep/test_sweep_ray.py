@@ -34,7 +34,7 @@ def trial_dirs(exp: Path) -> list[Path]:
 
 def test_shortened_default_sweep_end_to_end(tmp_path, capsys):
     rc = cli.main(["--engine", "fake", "--epochs", "4", "--num-samples", "6", "--storage", str(tmp_path),
-                   "--name", "d", "-q"])
+                   "--name", "d", "--delete-stopped-checkpoints", "-q"])
     assert rc == 0
     out = capsys.readouterr().out
     exp = tmp_path / "d"
@@ -57,6 +57,9 @@ def test_shortened_default_sweep_end_to_end(tmp_path, capsys):
     stopped = {r["trial"] for r in summary["stopped_early"]}
     assert stopped, "ASHA (grace 2, eta 2) over 6 trials stops some"
     assert summary["epochs_run"] < 6 * 4
+    for d in dirs:  # --delete-stopped-checkpoints: only the trials that ran the full budget keep checkpoints
+        assert bool(list(d.glob("checkpoint_*"))) == (d.name not in stopped), d.name
+    assert summary["checkpoints_deleted"] >= len(stopped)
     # Optuna's study (pickled with the experiment): early-stopped trials are PRUNED, full ones COMPLETE.
     from optuna.trial import TrialState
 

@@ -1,0 +1,148 @@
+"""Benchmark of the sweep service (issue 5). Prints:
+
+1. Overhead: wall time of N trials through ``tune.py`` (a subprocess: Python start, Ray start, Tune, checkpoints
+   every epoch, one trial at a time with all the CPUs it is given) over the same N trainings run directly, one
+   after the other, in one process with the same thread count. Target <= 1.10 for trials of 60 s or more.
+2. ASHA on the default sweep: the share of epochs ASHA ran against running every trial to the end, and whether
+   ASHA's winner is in the top 2 of the full-budget ranking (the same configurations rerun with FIFO).
+
+    python bench/sweep.py                       # real engine, default sizes (~25 min on 2 busy cores)
+    python bench/sweep.py --engine fake         # the sweep machinery only, seconds per trial
+    python bench/sweep.py --trials 2 --steps 20 --asha-samples 6 --asha-epochs 4
+
+Timings depend on the machine and on its load: say which machine and how busy when quoting them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+os.environ.setdefault("WANDB_MODE", "offline")
+
+
+def overhead(args: argparse.Namespace, storage: Path) -> None:
+    import torch
+    import yaml
+
+    from hpcm_tune.sweep import space as sp
+    from hpcm_tune.sweep.trainable import resolve_engine
+
+    base = sp.load_space(sp.resolve_space_path("default"))
+    fixed = {**base.fixed, "epochs": args.epochs, "steps_per_epoch": args.steps}
+    if args.engine == "fake":
+        fixed["_fake_epoch_seconds"] = args.fake_epoch_seconds
+    # The direct runs: N seeds one after the other, with as many threads as the Tune trial gets.
+    torch.set_num_threads(args.cpus)
+    factory = resolve_engine(args.engine)
+    start = time.perf_counter()
+    for seed in range(args.trials):
+        with tempfile.TemporaryDirectory() as work:
+            factory({**fixed, "seed": seed, "study": "bench", "label": "bench"}, work).run(lambda m, d: None)
+    direct = time.perf_counter() - start
+
+    space = {"study": "bench_overhead", "scheduler": "fifo", "searcher": "grid", "repeats": args.trials,
+             "max_concurrent": 1, "resources": {"cpus": args.cpus}, "fixed": fixed}
+    space_file = storage / "bench_overhead.yaml"
+    space_file.write_text(yaml.safe_dump(space))
+    cmd = [sys.executable, str(ROOT / "tune.py"), "--space", str(space_file), "--engine", args.engine,
+           "--storage", str(storage), "--name", "overhead", "--num-cpus", str(args.cpus), "-q"]
+    start = time.perf_counter()
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    tuned = time.perf_counter() - start
+    if proc.returncode != 0:
+        raise SystemExit(f"tune.py failed:\n{proc.stderr[-3000:]}")
+    trial_times = []
+    for d in (storage / "overhead").iterdir():
+        if (d / "result.json").exists():
+            last = json.loads((d / "result.json").read_text().splitlines()[-1])
+            trial_times.append(last["time_total_s"])
+    print("== overhead: N trials through tune.py vs the same N trainings in one process ==")
+    print(f"engine {args.engine}, {args.trials} trials x {args.epochs} epochs x {args.steps} steps, "
+          f"{args.cpus} CPU threads each, one trial at a time")
+    print(f"direct, in one process:        {direct:8.1f} s  ({direct / args.trials:.1f} s per training)")
+    print(f"through tune.py (end to end):  {tuned:8.1f} s  (trial bodies {sum(trial_times):.1f} s)")
+    print(f"ratio tune/direct:             {tuned / direct:8.3f}  (target <= 1.10 for trials of >= 60 s)")
+    print(f"overhead per trial:            {(tuned - direct) / args.trials:8.1f} s")
+
+
+def asha_vs_full(args: argparse.Namespace, storage: Path) -> None:
+    from hpcm_tune.sweep import launcher
+    from hpcm_tune.sweep import space as sp
+
+    over = {"epochs": args.asha_epochs, "samples": args.asha_samples}
+    base = sp.load_space(sp.resolve_space_path("default")).with_overrides(**over)
+    fixed = {**base.fixed, "steps_per_epoch": args.steps}
+    if args.engine == "fake":
+        fixed["_fake_epoch_seconds"] = args.fake_epoch_seconds
+    import dataclasses
+
+    base = dataclasses.replace(base, fixed=fixed)
+    opts = launcher.SweepOptions(engine=args.engine, storage=str(storage), verbose=0, num_cpus=args.num_cpus)
+    t0 = time.perf_counter()
+    asha = launcher.run_sweep(base, dataclasses.replace(opts, name="asha"))
+    t_asha = time.perf_counter() - t0
+    # The same configurations, every one run to the end.
+    configs = {}
+    for d in (storage / "asha").iterdir():
+        if (d / "params.json").exists():
+            p = json.loads((d / "params.json").read_text())
+            configs[d.name] = {k: p[k] for k in base.params}
+    full_space = dataclasses.replace(base, params={}, configurations=configs, scheduler="fifo",
+                                     scheduler_options={}, searcher="grid", searcher_options={}, samples=1)
+    t0 = time.perf_counter()
+    full = launcher.run_sweep(full_space, dataclasses.replace(opts, name="full", top=len(configs)))
+    t_full = time.perf_counter() - t0
+    n, max_epochs = len(configs), base.max_epochs
+    share = asha["epochs_run"] / (n * max_epochs)
+    lam = next(iter(asha["best"]))
+    winner = asha["best"][lam][0]["trial"]
+    ranking = [r["label"] for r in full["best"][lam]]
+    rank = ranking.index(winner) + 1 if winner in ranking else None
+    print("== ASHA on the default sweep vs every trial to the end ==")
+    print(f"engine {args.engine}, {n} trials (Optuna TPE), {max_epochs} epochs x {args.steps} steps, "
+          f"grace {base.scheduler_options.get('grace_period')}, eta {base.scheduler_options.get('reduction_factor')}")
+    print(f"epochs run by ASHA:            {asha['epochs_run']} of {n * max_epochs}  (share {share:.2f}; "
+          f"{len(asha['stopped_early'])} trials stopped early)")
+    print(f"wall time ASHA / full:         {t_asha:.1f} s / {t_full:.1f} s")
+    print(f"ASHA's winner {winner[:30]}: rank {rank} of {n} in the full-budget ranking "
+          f"({'in' if rank is not None and rank <= 2 else 'NOT in'} the top 2)")
+    print(f"full-budget {base.metric}: " + ", ".join(f"{r['label'][:19]}={r[base.metric]:.4g}"
+                                                     for r in full["best"][lam][:4]))
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--engine", default="hpcm", choices=("hpcm", "fake"))
+    p.add_argument("--trials", type=int, default=3, help="overhead: trials (seeds)")
+    p.add_argument("--epochs", type=int, default=3, help="overhead: epochs per trial")
+    p.add_argument("--steps", type=int, default=40, help="steps per epoch (both parts)")
+    p.add_argument("--cpus", type=int, default=2, help="overhead: CPU threads per training")
+    p.add_argument("--asha-samples", type=int, default=8)
+    p.add_argument("--asha-epochs", type=int, default=6)
+    p.add_argument("--num-cpus", type=int, default=None, help="CPUs of the local Ray for the ASHA part")
+    p.add_argument("--fake-epoch-seconds", type=float, default=2.0)
+    p.add_argument("--skip-overhead", action="store_true")
+    p.add_argument("--skip-asha", action="store_true")
+    args = p.parse_args()
+    print(f"machine: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} at start")
+    with tempfile.TemporaryDirectory(prefix="bench-sweep-") as tmp:
+        if not args.skip_overhead:
+            overhead(args, Path(tmp))
+        if not args.skip_asha:
+            asha_vs_full(args, Path(tmp))
+    print(f"load average {os.getloadavg()[0]:.1f} at the end")
+
+
+if __name__ == "__main__":
+    main()
