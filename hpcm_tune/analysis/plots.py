@@ -13,11 +13,13 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
+from scipy.interpolate import PchipInterpolator  # noqa: E402
 
 from hpcm_tune import metrics as m  # noqa: E402
 from hpcm_tune.analysis.results import STUDY  # noqa: E402
 from hpcm_tune.analysis.tables import RATES  # noqa: E402
 
+DELTA = "delta psnr"  # the ΔPSNR panel of rd_curves
 MAX_LEGEND = 14  # more entries than this hide the plot; the rest are summarised as "+N more"
 MAX_BANDS = 5  # std bands only up to this many configurations per panel (more are unreadable and slow)
 MAX_HIGHLIGHT = 11  # beyond the baseline, the best configurations (by BD-rate) in colour; the rest thin grey
@@ -81,12 +83,13 @@ def _legend(ax, loc: str = "best", outside: bool = False) -> None:
 
 
 def rd_curves(report) -> bytes:
-    """bpp vs PSNR (and vs MS-SSIM dB when reported) per configuration, one row per study; the baseline is
-    the thick black line; error bars are the std over seeds."""
+    """bpp vs PSNR, ΔPSNR against the baseline at equal rate, and bpp vs MS-SSIM dB when reported, per
+    configuration, one row per study; the baseline is the thick black line; error bars are the std over
+    seeds."""
     curves = report.curves
     if curves.empty:
         return _empty("No RD point: no finished trial with eval/psnr and eval/bpp\n(--include-partial uses the others)")
-    qualities = [("psnr", "PSNR (dB)")]
+    qualities = [("psnr", "PSNR (dB)"), (DELTA, "ΔPSNR vs baseline at equal rate (dB)")]
     if curves["ms_ssim_db"].notna().any():
         qualities.append(("ms_ssim_db", "MS-SSIM (dB)"))
     studies = list(dict.fromkeys(curves[STUDY]))
@@ -98,6 +101,13 @@ def rd_curves(report) -> bytes:
                                                                                         "configuration"])))
         for c, (col, name) in enumerate(qualities):
             ax = axes[r][c]
+            if col == DELTA:
+                _delta_panel(ax, groups, study, base, highlighted, others)
+                ax.set_xlabel(f"rate: {RATES[report.options.rate]} (bits per pixel)")
+                ax.set_ylabel(name)
+                ax.set_title(f"{study}: {name}", fontsize=11)
+                ax.grid(True, alpha=0.3)
+                continue
             for i, label in enumerate(others):
                 _rd_line(ax, groups[(study, label)], col, f"{len(others)} others" if i == 0 else None,
                          OTHERS_COLOR, 0.8, None, 1)
@@ -112,6 +122,34 @@ def rd_curves(report) -> bytes:
             _legend(ax, "lower right")
     fig.tight_layout()
     return _png(fig)
+
+
+def _delta_panel(ax, groups: dict, study: str, base: str | None, highlighted: list[str], others: list[str]) -> None:
+    """PSNR of each configuration minus the baseline's PSNR at the same rate (the baseline's curve
+    interpolated in log rate, piecewise cubic Hermite, no extrapolation): the differences the BD-rate averages,
+    which the absolute RD plot is too coarse to show."""
+    rows = groups.get((study, base))
+    if rows is None:
+        ax.text(0.5, 0.5, "no baseline RD curve", ha="center", va="center", transform=ax.transAxes)
+        return
+    rows = rows[(rows["rate"] > 0) & rows["psnr"].notna()]
+    log_rate, index = np.unique(np.log10(rows["rate"].to_numpy(dtype=np.float64)), return_index=True)
+    if log_rate.size < 2:
+        ax.text(0.5, 0.5, "baseline has fewer than 2 RD points", ha="center", va="center", transform=ax.transAxes)
+        return
+    anchor = PchipInterpolator(log_rate, rows["psnr"].to_numpy(dtype=np.float64)[index], extrapolate=False)
+    ax.axhline(0.0, color="black", linewidth=2.6, zorder=5)
+    colors = dict(zip(highlighted, _colors(len(highlighted)), strict=True))
+    for label in [*others, *highlighted]:
+        test = groups[(study, label)].sort_values("rate")
+        test = test[(test["rate"] > 0) & test["psnr"].notna()]
+        rate = test["rate"].to_numpy(dtype=np.float64)
+        delta = test["psnr"].to_numpy(dtype=np.float64) - anchor(np.log10(rate))
+        keep = np.isfinite(delta)
+        if label in colors:
+            ax.plot(rate[keep], delta[keep], color=colors[label], linewidth=1.4, marker="o", markersize=5, zorder=3)
+        else:
+            ax.plot(rate[keep], delta[keep], color=OTHERS_COLOR, linewidth=0.8, zorder=1)
 
 
 def _rd_line(ax, rows: pd.DataFrame, col: str, label: str | None, color, width: float, marker: str | None,
