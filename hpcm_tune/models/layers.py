@@ -117,7 +117,7 @@ class WindowCrossAttention(nn.Module):
     def _windows(self, t: torch.Tensor, wh: int, ww: int) -> torch.Tensor:
         # (B, C, H, W) -> (B * nH * nW, heads, wh * ww, C / heads)
         b, c, h, w = t.shape
-        t = t.view(b, self.heads, c // self.heads, h // wh, wh, w // ww, ww)
+        t = t.reshape(b, self.heads, c // self.heads, h // wh, wh, w // ww, ww)
         t = t.permute(0, 3, 5, 1, 4, 6, 2)
         return t.reshape(b * (h // wh) * (w // ww), self.heads, wh * ww, c // self.heads)
 
@@ -138,6 +138,6 @@ class WindowCrossAttention(nn.Module):
         qw, kw, vw = (self._windows(t, wh, ww) for t in (q, k, v))
         attn = F.scaled_dot_product_attention(qw, kw, vw, attn_mask=mask, scale=1.0 / math.sqrt(c // self.heads))
         d = c // self.heads
-        attn = attn.view(b, hp // wh, wp // ww, self.heads, wh, ww, d).permute(0, 3, 6, 1, 4, 2, 5)
+        attn = attn.reshape(b, hp // wh, wp // ww, self.heads, wh, ww, d).permute(0, 3, 6, 1, 4, 2, 5)
         attn = attn.reshape(b, c, hp, wp)[..., :h, :w]
         return attn + self.out(psi)

@@ -196,3 +196,14 @@ def test_bf16_autocast_forward_backward():
     loss = sum(-torch.log2(v).sum() for v in out["likelihoods"].values()) + out["x_hat"].float().mean()
     loss.backward()
     assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+
+
+def test_channels_last_model_matches_contiguous():
+    torch.manual_seed(0)
+    model = build_model("tiny").eval()
+    x = torch.rand(1, 3, 64, 128)
+    with torch.no_grad():
+        ref = model(x)
+        model_cl = model.to(memory_format=torch.channels_last)
+        out = model_cl(x.to(memory_format=torch.channels_last))
+    torch.testing.assert_close(out["x_hat"], ref["x_hat"], atol=1e-4, rtol=0)
