@@ -288,3 +288,15 @@ def test_engine_never_imports_ray():
             "sys.exit(1 if bad else 0)")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_bf16_autocast_and_channels_last_on_cuda(folder, tmp_path):
+    engine = Engine(_config(folder, epochs=2, device="cuda", amp=True, channels_last=True), workdir=tmp_path)
+    reports = _run(engine)
+    assert engine.amp and engine.channels_last and next(engine.model.parameters()).is_cuda
+    assert all(math.isfinite(v) for r in reports for v in r.values())
+    resumed = Engine(_config(folder, epochs=2, device="cuda", amp=True, channels_last=True), workdir=tmp_path)
+    resumed.restore(tmp_path / "checkpoints")
+    assert resumed.epoch == 2 and _run(resumed) == []
