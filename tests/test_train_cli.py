@@ -107,3 +107,15 @@ def test_console_script_module_runs(tmp_path):
     result = subprocess.run([sys.executable, "-m", "hpcm_tune.train", "--help"], capture_output=True, text=True,
                             timeout=120)
     assert result.returncode == 0 and "--use_hierarchical" in result.stdout and "--set" in result.stdout
+
+
+def test_console_progress_shows_the_headline_metrics():
+    import io
+
+    from hpcm_tune.progress import ConsoleProgress
+
+    stream = io.StringIO()
+    with ConsoleProgress(3, start=1, stream=stream) as bar:
+        bar({M.TRAIN_LOSS: 1.5, M.EVAL_PSNR: 30.25, M.EVAL_BPP: 0.5, M.EPOCH: 2}, None)
+    text = stream.getvalue()
+    assert "2/3" in text and "psnr=30.25" in text and "loss=1.5" in text
