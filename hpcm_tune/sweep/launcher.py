@@ -123,8 +123,14 @@ def init_ray(address: str | None, num_cpus: int | None = None, num_gpus: float |
     if address:
         ray.init(address=address, log_to_driver=True)
         return
-    kwargs: dict[str, Any] = {"include_dashboard": False, "_node_ip_address": "127.0.0.1",
-                              "configure_logging": True, "logging_level": "WARNING"}
+    # Ray turns a node IP of 127.0.0.1 into the machine's address and listens on every interface, unless it
+    # runs in its single-machine mode (the default on macOS/Windows): then node IP, GCS, raylet and agents all
+    # bind to the loopback interface. The constant is read at call time; the variable reaches Ray's processes.
+    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+    from ray._private import ray_constants
+
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    kwargs: dict[str, Any] = {"include_dashboard": False, "configure_logging": True, "logging_level": "WARNING"}
     if num_cpus is not None:
         kwargs["num_cpus"] = num_cpus
     if num_gpus is not None:

@@ -28,6 +28,13 @@ def local_ray():
     ray.shutdown()
 
 
+def test_local_ray_listens_on_loopback_only():
+    import ray
+
+    assert ray.util.get_node_ip_address() == "127.0.0.1"
+    assert ray.get_runtime_context().gcs_address.startswith("127.0.0.1:")
+
+
 def trial_dirs(exp: Path) -> list[Path]:
     return sorted(p for p in exp.iterdir() if p.is_dir() and (p / "params.json").exists())
 
