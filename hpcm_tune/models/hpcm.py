@@ -22,6 +22,7 @@ with only the per-step quantize/code action differing, so all three compute bit-
 
 from __future__ import annotations
 
+import contextlib
 import struct
 import zlib
 from collections.abc import Callable, Sequence
@@ -117,6 +118,19 @@ def check_image(x: object) -> torch.Tensor:
     if not bool(torch.isfinite(x).all()):
         raise ValueError(f"expected {expected}: the input contains NaN or inf")
     return x
+
+
+@contextlib.contextmanager
+def _deterministic_kernels():
+    """Encoder and decoder must compute bit-identical entropy parameters, also in different processes: no
+    cuDNN autotuning (it may pick another algorithm per process), deterministic algorithms, no TF32."""
+    cudnn, matmul = torch.backends.cudnn, torch.backends.cuda.matmul
+    saved = (cudnn.benchmark, cudnn.deterministic, cudnn.allow_tf32, matmul.allow_tf32)
+    cudnn.benchmark, cudnn.deterministic, cudnn.allow_tf32, matmul.allow_tf32 = False, True, False, False
+    try:
+        yield
+    finally:
+        cudnn.benchmark, cudnn.deterministic, cudnn.allow_tf32, matmul.allow_tf32 = saved
 
 
 def _used_tables(indexes: torch.Tensor, tables: tuple[list, list, list]) -> tuple[list[int], tuple[list, ...]]:
@@ -342,9 +356,12 @@ class HPCM(CompressionModel):
             module._offset.reshape(-1).int().tolist(),
         )
 
-    @torch.no_grad()
     def compress(self, x: torch.Tensor) -> dict:
         """Encode each image to four byte strings: the y steps of s1, s2, s3 and z (z carries the header)."""
+        with torch.no_grad(), _deterministic_kernels():
+            return self._compress(x)
+
+    def _compress(self, x: torch.Tensor) -> dict:
         check_image(x)
         self._require_tables()
         tables = self._tables(self.y_conditional)
@@ -420,9 +437,12 @@ class HPCM(CompressionModel):
             )
         return z_payload, y_strings
 
-    @torch.no_grad()
     def decompress(self, strings, shape) -> dict:
         """Decode the output of :meth:`compress`; ``shape`` is the original (H, W)."""
+        with torch.no_grad(), _deterministic_kernels():
+            return self._decompress(strings, shape)
+
+    def _decompress(self, strings, shape) -> dict:
         if not isinstance(strings, list | tuple) or len(strings) != 4:
             raise BitstreamError("strings must be [s1_list, s2_list, s3_list, z_list] as compress() returns")
         if not all(isinstance(s, list | tuple) for s in strings) or len({len(s) for s in strings}) != 1:

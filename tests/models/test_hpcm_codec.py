@@ -143,3 +143,23 @@ def test_state_dict_round_trip_decodes_old_streams(model, encoded):
     clone.load_state_dict(model.state_dict())
     dec = clone.decompress(encoded["strings"], encoded["shape"])
     assert torch.equal(dec["y_hat"], encoded["y_hat"])
+
+
+def test_codec_pins_deterministic_kernels_and_restores_flags(model, monkeypatch):
+    seen = []
+    original = model._hierarchy
+
+    def spy(params, step_fn):
+        seen.append((torch.backends.cudnn.benchmark, torch.backends.cuda.matmul.allow_tf32))
+        return original(params, step_fn)
+
+    monkeypatch.setattr(model, "_hierarchy", spy)
+    saved = torch.backends.cudnn.benchmark, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.benchmark, torch.backends.cuda.matmul.allow_tf32 = True, True
+    try:
+        enc = model.compress(torch.rand(1, 3, 64, 64))
+        model.decompress(enc["strings"], enc["shape"])
+        assert torch.backends.cudnn.benchmark and torch.backends.cuda.matmul.allow_tf32
+    finally:
+        torch.backends.cudnn.benchmark, torch.backends.cuda.matmul.allow_tf32 = saved
+    assert seen == [(False, False), (False, False)]
