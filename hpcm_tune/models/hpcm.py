@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 from compressai.ans import BufferedRansEncoder, RansDecoder
 from compressai.models import CompressionModel
+from compressai.models.utils import update_registered_buffers
 from compressai.ops import compute_padding
 from torch import nn
 
@@ -57,6 +58,7 @@ StepFn = Callable[[int, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 _MAGIC = b"HP"
 _VERSION = 1
 _CRC = struct.Struct(">I")
+_TABLE_BUFFERS = ("_quantized_cdf", "_offset", "_cdf_length", "scale_table")
 _MAX_VARINT = 5
 
 
@@ -332,7 +334,12 @@ class HPCM(CompressionModel):
         return True
 
     def load_state_dict(self, state_dict, strict: bool = True):
+        """Load weights and, whatever their sizes, the CDF tables (empty before update(), filled after)."""
         self._fingerprint = None
+        for name in ("y_conditional", "z_conditional"):
+            module = getattr(self, name)
+            present = [b for b in _TABLE_BUFFERS if f"{name}.{b}" in state_dict]
+            update_registered_buffers(module, name, present, state_dict, policy="resize")
         return super().load_state_dict(state_dict, strict=strict)
 
     def fingerprint(self) -> int:

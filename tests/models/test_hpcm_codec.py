@@ -163,3 +163,14 @@ def test_codec_pins_deterministic_kernels_and_restores_flags(model, monkeypatch)
     finally:
         torch.backends.cudnn.benchmark, torch.backends.cuda.matmul.allow_tf32 = saved
     assert seen == [(False, False), (False, False)]
+
+
+def test_loading_a_checkpoint_from_before_update_clears_the_tables(model):
+    fresh = build_model("tiny")
+    updated = build_model("tiny").eval()
+    updated.update(force=True)
+    updated.load_state_dict(fresh.state_dict())  # tables in the checkpoint are empty
+    with pytest.raises(RuntimeError, match="update"):
+        updated.compress(torch.rand(1, 3, 64, 64))
+    fresh.load_state_dict(model.state_dict())  # and filled tables load into an empty model
+    assert fresh.y_conditional._quantized_cdf.shape == model.y_conditional._quantized_cdf.shape
