@@ -3,6 +3,7 @@ bad inputs (DESIGN.md §2, docs/architecture.md 'Models')."""
 
 from __future__ import annotations
 
+import copy
 import time
 
 import pytest
@@ -207,3 +208,31 @@ def test_channels_last_model_matches_contiguous():
         model_cl = model.to(memory_format=torch.channels_last)
         out = model_cl(x.to(memory_format=torch.channels_last))
     torch.testing.assert_close(out["x_hat"], ref["x_hat"], atol=1e-4, rtol=0)
+
+
+def test_resumed_training_equals_uninterrupted():
+    def train(model, opt, steps):
+        for _ in range(steps):
+            x = torch.rand(1, 3, 64, 64)
+            out = model(x)
+            loss = sum(-torch.log2(v).sum() for v in out["likelihoods"].values()) / 4096
+            loss = loss + 100 * torch.mean((out["x_hat"] - x) ** 2)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+
+    torch.manual_seed(0)
+    model = build_model("tiny").train()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    train(model, opt, 2)
+    saved = copy.deepcopy({"model": model.state_dict(), "opt": opt.state_dict(), "rng": torch.get_rng_state()})
+    train(model, opt, 2)
+
+    resumed = build_model("tiny").train()
+    resumed.load_state_dict(saved["model"])
+    opt2 = torch.optim.Adam(resumed.parameters(), lr=1e-3)
+    opt2.load_state_dict(saved["opt"])
+    torch.set_rng_state(saved["rng"])
+    train(resumed, opt2, 2)
+    for (name, a), b in zip(model.state_dict().items(), resumed.state_dict().values()):
+        assert torch.equal(a, b), name
