@@ -56,13 +56,14 @@ def ray_domain(dom: Domain, enumerate_choices: bool = False) -> Any:
 
 
 class SimplexFromDraws:
-    """Ray ``sample_from`` body: the simplex weights from the trial's raw uniform draws (resolved first)."""
+    """Ray ``sample_from`` body: the simplex weights from the trial's raw uniform draws (Ray resolves those
+    first: reading an unresolved key raises, and Ray retries after resolving it)."""
 
     def __init__(self, dom: Simplex, keys: tuple[str, ...]) -> None:
         self.dom, self.keys = dom, keys
 
-    def __call__(self, spec: Any) -> list[float]:
-        return self.dom.from_uniforms([spec.config[k] for k in self.keys])
+    def __call__(self, config: Any) -> list[float]:
+        return self.dom.from_uniforms([config[k] for k in self.keys])
 
 
 class FromConfiguration:
@@ -71,8 +72,8 @@ class FromConfiguration:
     def __init__(self, table: Mapping[str, Mapping[str, Any]], key: str) -> None:
         self.table, self.key = {k: dict(v) for k, v in table.items()}, key
 
-    def __call__(self, spec: Any) -> Any:
-        return self.table[spec.config["label"]][self.key]
+    def __call__(self, config: Any) -> Any:
+        return self.table[config["label"]][self.key]
 
 
 def variant_param_space(space: SearchSpace, enumerate_choices: bool) -> dict[str, Any]:
