@@ -90,3 +90,18 @@ def test_registry_names():
     assert set(SEARCHERS.names()) == set(sp.SEARCHER_NAMES)
     with pytest.raises(ValueError, match="valid: grid, optuna, random"):
         SEARCHERS.get("bohb")
+
+
+def test_optuna_state_survives_save_and_restore(tmp_path):
+    """What Tune does with the searcher at each experiment snapshot and on --resume."""
+    alg = optuna_search(max_epochs=6)
+    alg.suggest("a")
+    alg.on_trial_complete("a", result={metrics.EVAL_LOSS: 0.8, metrics.EPOCH: 2, "training_iteration": 2})
+    alg.suggest("b")
+    alg.save(str(tmp_path / "searcher.pkl"))
+    fresh = optuna_search(max_epochs=6)
+    fresh.restore(str(tmp_path / "searcher.pkl"))
+    assert fresh.pruned == ["a"]
+    assert [t.state for t in fresh._ot_study.get_trials(deepcopy=False)] == [TrialState.PRUNED, TrialState.RUNNING]
+    fresh.on_trial_complete("b", result={metrics.EVAL_LOSS: 0.4, metrics.EPOCH: 6, "training_iteration": 6})
+    assert fresh._ot_study.best_value == 0.4

@@ -186,3 +186,10 @@ def test_domain_spec_round_trip():
                  {"type": "simplex", "dim": 3, "min": 0.1}, {"type": "loguniform", "low": 0.001, "high": 0.1}):
         dom = sp.parse_domain("f", "k", spec)
         assert sp.parse_domain("f", "k", sp.domain_spec(dom)) == dom
+
+
+def test_values_the_engine_refuses_fail_before_ray():
+    data = minimal()
+    data["fixed"]["patch_size"] = 50  # not a multiple of HPCM's stride: RunConfig refuses it
+    with pytest.raises(sp.SpaceError, match="rejected by RunConfig: patch_size"):
+        sp.parse_space(data, "a.yaml")
