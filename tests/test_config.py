@@ -151,3 +151,13 @@ def test_cosine_schedule_decays_from_lr_to_one_percent():
     assert opt.lr_at(5, 10) == pytest.approx(1e-4 * (0.01 + 0.99 * 0.5))
     assert opt.lr_at(10, 10) == pytest.approx(1e-6)
     assert all(math.isfinite(opt.lr_at(e, 10)) for e in range(20))
+
+
+def test_importing_the_config_loads_neither_torch_nor_ray():
+    import subprocess
+    import sys
+
+    code = ("import sys, hpcm_tune.config; heavy = sorted(m for m in ('torch', 'ray') if m in sys.modules); "
+            "print(heavy); sys.exit(1 if heavy else 0)")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
