@@ -15,7 +15,8 @@ measure the parameter step, not a new draw of u. The engine saves torch's RNG st
 device) before the forward pass; ``reevaluate`` restores it, so the re-run draws the same u, and afterwards the
 RNG is set to where the first forward left it. The engine sets it there again after ``update`` whether or not
 the weighting called ``reevaluate``, so the random stream of a run (noise of later steps) is the same for every
-weighting method and update mode; only what they compute from it differs.
+weighting method and update mode; only what they compute from it differs. With ``compile`` the re-evaluation
+runs a separately compiled no-grad graph: the same noise, values equal up to float rounding (checked on CPU).
 
 Epochs are numbered from 1 in metrics (``epoch`` = epochs completed); LR and gamma schedules see the 0-based
 index of the epoch being trained. Evaluation runs at epoch 1, every ``eval_interval`` epochs and at the last
