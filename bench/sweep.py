@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import subprocess
 import sys
 import tempfile
@@ -31,6 +32,11 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("WANDB_MODE", "offline")
 
 
+def _cpu(who: int) -> float:
+    r = resource.getrusage(who)
+    return r.ru_utime + r.ru_stime
+
+
 def overhead(args: argparse.Namespace, storage: Path) -> None:
     import torch
     import yaml
@@ -42,38 +48,47 @@ def overhead(args: argparse.Namespace, storage: Path) -> None:
     fixed = {**base.fixed, "epochs": args.epochs, "steps_per_epoch": args.steps}
     if args.engine == "fake":
         fixed["_fake_epoch_seconds"] = args.fake_epoch_seconds
-    # The direct runs: N seeds one after the other, with as many threads as the Tune trial gets.
-    torch.set_num_threads(args.cpus)
+    torch.set_num_threads(args.cpus)  # as many threads as the Tune trial gets (Ray sets OMP_NUM_THREADS)
     factory = resolve_engine(args.engine)
-    start = time.perf_counter()
-    for seed in range(args.trials):
-        with tempfile.TemporaryDirectory() as work:
-            factory({**fixed, "seed": seed, "study": "bench", "label": "bench"}, work).run(lambda m, d: None)
-    direct = time.perf_counter() - start
-
     space = {"study": "bench_overhead", "scheduler": "fifo", "searcher": "grid", "repeats": args.trials,
              "max_concurrent": 1, "resources": {"cpus": args.cpus}, "fixed": fixed}
     space_file = storage / "bench_overhead.yaml"
     space_file.write_text(yaml.safe_dump(space))
-    cmd = [sys.executable, str(ROOT / "tune.py"), "--space", str(space_file), "--engine", args.engine,
-           "--storage", str(storage), "--name", "overhead", "--num-cpus", str(args.cpus), "-q"]
-    start = time.perf_counter()
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
-    tuned = time.perf_counter() - start
-    if proc.returncode != 0:
-        raise SystemExit(f"tune.py failed:\n{proc.stderr[-3000:]}")
-    trial_times = []
-    for d in (storage / "overhead").iterdir():
-        if (d / "result.json").exists():
-            last = json.loads((d / "result.json").read_text().splitlines()[-1])
-            trial_times.append(last["time_total_s"])
+
+    def direct() -> tuple[float, float]:
+        """The N trainings one after the other in this process: (wall s, CPU s)."""
+        wall, cpu = time.perf_counter(), _cpu(resource.RUSAGE_SELF)
+        for seed in range(args.trials):
+            with tempfile.TemporaryDirectory() as work:
+                factory({**fixed, "seed": seed, "study": "bench", "label": "bench"}, work).run(lambda m, d: None)
+        return time.perf_counter() - wall, _cpu(resource.RUSAGE_SELF) - cpu
+
+    def through_tune(i: int) -> tuple[float, float]:
+        cmd = [sys.executable, str(ROOT / "tune.py"), "--space", str(space_file), "--engine", args.engine,
+               "--storage", str(storage), "--name", f"overhead{i}", "--num-cpus", str(args.cpus), "-q"]
+        wall, cpu = time.perf_counter(), _cpu(resource.RUSAGE_CHILDREN)
+        proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+        wall, cpu = time.perf_counter() - wall, _cpu(resource.RUSAGE_CHILDREN) - cpu
+        if proc.returncode != 0:
+            raise SystemExit(f"tune.py failed:\n{proc.stderr[-3000:]}")
+        return wall, cpu
+
     print("== overhead: N trials through tune.py vs the same N trainings in one process ==")
     print(f"engine {args.engine}, {args.trials} trials x {args.epochs} epochs x {args.steps} steps, "
-          f"{args.cpus} CPU threads each, one trial at a time")
-    print(f"direct, in one process:        {direct:8.1f} s  ({direct / args.trials:.1f} s per training)")
-    print(f"through tune.py (end to end):  {tuned:8.1f} s  (trial bodies {sum(trial_times):.1f} s)")
-    print(f"ratio tune/direct:             {tuned / direct:8.3f}  (target <= 1.10 for trials of >= 60 s)")
-    print(f"overhead per trial:            {(tuned - direct) / args.trials:8.1f} s")
+          f"{args.cpus} CPU threads each, one trial at a time; rounds alternate to share the machine's load drift")
+    directs, tunes = [], []
+    for i in range(args.rounds):
+        directs.append(direct())
+        load_d = os.getloadavg()[0]
+        tunes.append(through_tune(i))
+        load_t = os.getloadavg()[0]
+        (dw, dc), (tw, tc) = directs[-1], tunes[-1]
+        print(f"round {i + 1}: direct {dw:7.1f} s wall {dc:7.1f} s CPU (load {load_d:.1f}) | tune.py {tw:7.1f} s wall "
+              f"{tc:7.1f} s CPU (load {load_t:.1f}) | ratio wall {tw / dw:.3f}")
+    dw, tw = min(d[0] for d in directs), min(t[0] for t in tunes)
+    print(f"best of {args.rounds}: direct {dw:.1f} s ({dw / args.trials:.1f} s per training), tune.py {tw:.1f} s; "
+          f"ratio {tw / dw:.3f} (target <= 1.10 for trials of >= 60 s); overhead per trial "
+          f"{(tw - dw) / args.trials:.1f} s")
 
 
 def asha_vs_full(args: argparse.Namespace, storage: Path) -> None:
@@ -117,6 +132,16 @@ def asha_vs_full(args: argparse.Namespace, storage: Path) -> None:
     print(f"wall time ASHA / full:         {t_asha:.1f} s / {t_full:.1f} s")
     print(f"ASHA's winner {winner[:30]}: rank {rank} of {n} in the full-budget ranking "
           f"({'in' if rank is not None and rank <= 2 else 'NOT in'} the top 2)")
+    asha_rows = {r["trial"]: r for rows in asha["best"].values() for r in rows}
+    full_rows = {r["label"]: r for r in full["best"][lam]}
+    if winner in full_rows:
+        print(f"ASHA's winner {base.metric}: {asha_rows[winner][base.metric]:.4g} in the ASHA sweep, "
+              f"{full_rows[winner][base.metric]:.4g} rerun to the end (equal when training is deterministic)")
+    stopped = {r["trial"]: r for r in asha["stopped_early"]}
+    best_full = full["best"][lam][0]["label"]
+    if best_full in stopped:
+        print(f"the full-budget best was stopped by ASHA at epoch {stopped[best_full]['epochs']} "
+              f"({base.metric} {stopped[best_full][base.metric]:.4g} then)")
     print(f"full-budget {base.metric}: " + ", ".join(f"{r['label'][:19]}={r[base.metric]:.4g}"
                                                      for r in full["best"][lam][:4]))
 
@@ -128,6 +153,7 @@ def main() -> None:
     p.add_argument("--epochs", type=int, default=3, help="overhead: epochs per trial")
     p.add_argument("--steps", type=int, default=40, help="steps per epoch (both parts)")
     p.add_argument("--cpus", type=int, default=2, help="overhead: CPU threads per training")
+    p.add_argument("--rounds", type=int, default=2, help="overhead: alternating direct/tune.py measurements")
     p.add_argument("--asha-samples", type=int, default=8)
     p.add_argument("--asha-epochs", type=int, default=6)
     p.add_argument("--num-cpus", type=int, default=None, help="CPUs of the local Ray for the ASHA part")

@@ -194,6 +194,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (SpaceError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except Exception as exc:
+        from ray.tune import TuneError
+
+        if not isinstance(exc, TuneError):
+            raise
+        # The sweep itself failed (e.g. the engine never reports the watched metric): say so, keep the state.
+        print(f"error: the sweep stopped: {exc}\nIts state is kept; fix the cause and continue with "
+              f"--resume {args.resume or args.name or '<name>'}", file=sys.stderr)
+        return 1
     print(format_summary(summary))
     return 0
 

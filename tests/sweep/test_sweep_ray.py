@@ -105,16 +105,16 @@ def test_fault_injection_errors_one_trial_retries_another(tmp_path):
     assert "Errored trials" in launcher.format_summary(summary)
 
 
-def test_metric_never_reported_fails_loudly(tmp_path):
+def test_metric_never_reported_fails_loudly(tmp_path, capsys):
+    import yaml
+
     data = {
         "study": "nometric", "scheduler": "asha", "searcher": "random", "max_failures": 0,
         "fixed": {"preset": "tiny", "lmbda": 0.0067, "epochs": 3, "_fake_omit": [metrics.EVAL_LOSS]},
     }
-    space = sp.parse_space(data, "nometric.yaml")
-    try:
-        summary = launcher.run_sweep(space, launcher.SweepOptions(engine="fake", storage=str(tmp_path),
-                                                                  name="n", verbose=0))
-    except Exception as exc:  # Tune may abort the whole run: loud either way
-        assert metrics.EVAL_LOSS in str(exc)
-        return
-    assert summary["errored"] and metrics.EVAL_LOSS in summary["errored"][0]["error"]
+    (tmp_path / "nometric.yaml").write_text(yaml.safe_dump(data))
+    rc = cli.main(["--space", str(tmp_path / "nometric.yaml"), "--engine", "fake", "--storage", str(tmp_path),
+                   "--name", "n", "-q"])
+    err = capsys.readouterr().err
+    assert rc == 1
+    assert metrics.EVAL_LOSS in err and "--resume n" in err
