@@ -118,3 +118,16 @@ def test_metric_never_reported_fails_loudly(tmp_path, capsys):
     err = capsys.readouterr().err
     assert rc == 1
     assert metrics.EVAL_LOSS in err and "--resume n" in err
+
+
+def test_wandb_one_offline_run_per_trial(tmp_path, capsys):
+    rc = cli.main(["--engine", "fake", "--epochs", "2", "--num-samples", "2", "--storage", str(tmp_path),
+                   "--name", "w", "--wandb", "--wandb-project", "test", "--wandb-upload-timeout", "20", "-q"])
+    assert rc == 0
+    dirs = trial_dirs(tmp_path / "w")
+    assert len(dirs) == 2
+    for d in dirs:
+        runs = list((d / "wandb").glob("offline-run-*"))
+        assert len(runs) == 1, d  # one run per trial, written offline (no API key in tests)
+        trial_id = d.name.split("_")[2]
+        assert runs[0].name.endswith(trial_id)  # W&B run id = Tune trial id
