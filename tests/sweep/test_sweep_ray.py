@@ -103,6 +103,15 @@ def test_fault_injection_errors_one_trial_retries_another(tmp_path):
     # The crashed trial was retried from its last checkpoint (epoch 2), not from scratch.
     assert any(line.endswith("restore 2") for line in log.read_text().splitlines())
     assert "Errored trials" in launcher.format_summary(summary)
+    # --resume --retry-errored: only the errored trial runs again, from its last checkpoint (epoch 1).
+    lines_before = log.read_text().splitlines()
+    again = launcher.resume_sweep(str(tmp_path / "f"), launcher.SweepOptions(engine="fake", storage=str(tmp_path),
+                                                                             retry_errored=True, verbose=0))
+    new_lines = log.read_text().splitlines()[len(lines_before):]
+    assert new_lines
+    assert any(line.endswith("restore 1") for line in new_lines)
+    assert len(new_lines) <= 3  # restore + epoch 2 (NaN again), not a rerun of the healthy trials
+    assert [r["label"] for r in again["errored"]] == ["diverges"] and again["finished"] == 2
 
 
 def test_metric_never_reported_fails_loudly(tmp_path, capsys):
