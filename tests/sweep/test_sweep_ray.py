@@ -140,3 +140,16 @@ def test_wandb_one_offline_run_per_trial(tmp_path, capsys):
         assert len(runs) == 1, d  # one run per trial, written offline (no API key in tests)
         trial_id = d.name.split("_")[2]
         assert runs[0].name.endswith(trial_id)  # W&B run id = Tune trial id
+
+
+def test_pbt_exploits_checkpoints_within_one_lambda(tmp_path):
+    log = tmp_path / "engine.log"
+    data = {"study": "pbt", "samples": 4, "max_concurrent": 2, "searcher": "random",
+            "scheduler": {"name": "pbt", "perturbation_interval": 1},
+            "fixed": {"preset": "tiny", "lmbda": 0.0067, "epochs": 4, "_fake_epoch_seconds": 0.3,
+                      "_fake_log": str(log)},
+            "params": {"gamma_s1": {"type": "loguniform", "low": 0.001, "high": 0.05}}}
+    summary = launcher.run_sweep(sp.parse_space(data, "pbt.yaml"),
+                                 launcher.SweepOptions(engine="fake", storage=str(tmp_path), name="p", verbose=0))
+    assert summary["trials"] == 4 and summary["finished"] == 4 and not summary["errored"]
+    assert any(" restore " in line for line in log.read_text().splitlines())  # exploit: another trial's weights
