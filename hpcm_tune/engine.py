@@ -157,7 +157,7 @@ class Engine:
 
     def __init__(self, config: RunConfig, workdir: str | Path | None = None,
                  model_factory: ModelFactory | None = None, keep_checkpoints: int = 2) -> None:
-        from hpcm_tune.objectives import OBJECTIVES, build_objective
+        from hpcm_tune.objectives import build_objective
         from hpcm_tune.schedules import make_state
         from hpcm_tune.weighting import build_weighting
 
@@ -184,10 +184,8 @@ class Engine:
         self.pad_multiple = int(getattr(self.model, "pad_multiple", 64))
 
         o = config.objective
-        options: dict[str, Any] = {"distortion": o.distortion}
-        if "decomposition" in getattr(OBJECTIVES.get(o.name), "__dataclass_fields__", {}):
-            options["decomposition"] = o.decomposition
-        self.objective = build_objective(o.name, o.lmbda, **options)
+        # Every objective accepts decomposition (only hierarchical splits by it), so no branching on the name.
+        self.objective = build_objective(o.name, o.lmbda, distortion=o.distortion, decomposition=o.decomposition)
         self.task_names = tuple(self.objective.task_names)
         w = config.weighting
         self.weighting = build_weighting(
