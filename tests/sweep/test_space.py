@@ -37,7 +37,7 @@ def test_presets_parse_and_cover_the_studies():
     assert len(spaces["ablation_gamma"].configurations) == 3
     assert len(spaces["gamma_strategies"].configurations) == 5
     assert len(spaces["balanced_grid"].configurations) == 12
-    assert len(spaces["objectives"].configurations) == 3
+    assert set(spaces["objectives"].configurations) == {"standard", "balanced", "hierarchical", "hierarchical (ratio)"}
     for name, s in spaces.items():
         if name != "default":
             assert len(s.lambdas()) >= 4, name
