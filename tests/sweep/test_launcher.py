@@ -57,7 +57,7 @@ def test_bad_values_name_the_flag_or_key(argv, needle, capsys, tmp_path):
 def test_dry_run_lists_trial_configs(capsys):
     assert cli.main(["--space", "objectives", "--dry-run", "--set", "preset=tiny"]) == 0
     out = capsys.readouterr().out
-    assert "12 trials" in out and "'label': 'hierarchical'" in out
+    assert "16 trials" in out and "'label': 'hierarchical'" in out
 
 
 def test_flag_overrides_reach_the_space():
