@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import yaml
@@ -24,34 +24,24 @@ EPILOG = """examples:
 """
 
 
-def _positive_int(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"got {text!r}; allowed: an integer >= 1") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"got {v}; allowed: an integer >= 1")
-    return v
+def _number(convert: Callable[[str], float], ok: Callable[[float], bool], allowed: str) -> Callable[[str], Any]:
+    """An argparse type: ``convert`` the text, then refuse values that are not ``ok``, saying what is allowed."""
+
+    def parse(text: str) -> Any:
+        try:
+            v = convert(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"got {text!r}; allowed: {allowed}") from None
+        if not ok(v):
+            raise argparse.ArgumentTypeError(f"got {v}; allowed: {allowed}")
+        return v
+
+    return parse
 
 
-def _nonneg_int(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"got {text!r}; allowed: an integer >= 0") from None
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"got {v}; allowed: an integer >= 0")
-    return v
-
-
-def _positive_float(text: str) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"got {text!r}; allowed: a number > 0") from None
-    if not v > 0:
-        raise argparse.ArgumentTypeError(f"got {v}; allowed: a number > 0")
-    return v
+_positive_int = _number(int, lambda v: v >= 1, "an integer >= 1")
+_nonneg_int = _number(int, lambda v: v >= 0, "an integer >= 0")
+_positive_float = _number(float, lambda v: v > 0, "a number > 0")
 
 
 def _gpus(text: str) -> float:
