@@ -140,16 +140,26 @@ def _delta_panel(ax, groups: dict, study: str, base: str | None, highlighted: li
     anchor = PchipInterpolator(log_rate, rows["psnr"].to_numpy(dtype=np.float64)[index], extrapolate=False)
     ax.axhline(0.0, color="black", linewidth=2.6, zorder=5)
     colors = dict(zip(highlighted, _colors(len(highlighted)), strict=True))
+    outside: list[str] = []
     for label in [*others, *highlighted]:
         test = groups[(study, label)].sort_values("rate")
         test = test[(test["rate"] > 0) & test["psnr"].notna()]
         rate = test["rate"].to_numpy(dtype=np.float64)
         delta = test["psnr"].to_numpy(dtype=np.float64) - anchor(np.log10(rate))
         keep = np.isfinite(delta)
-        if label in colors:
+        if not keep.any():
+            outside.append(_short(label))
+        elif label in colors:
             ax.plot(rate[keep], delta[keep], color=colors[label], linewidth=1.4, marker="o", markersize=5, zorder=3)
         else:
             ax.plot(rate[keep], delta[keep], color=OTHERS_COLOR, linewidth=0.8, zorder=1)
+    if len(ax.lines) == 1:  # only the zero line: frame the baseline's rate range around it
+        ax.set_xlim(10 ** log_rate[0], 10 ** log_rate[-1])
+        ax.set_ylim(-1.0, 1.0)
+    if outside:
+        # An empty panel would read as "no difference"; say which curves never reach the baseline's rates.
+        ax.text(0.5, 0.04, "no point inside the baseline's rate range:\n" + ", ".join(outside), ha="center",
+                va="bottom", fontsize=8, transform=ax.transAxes, wrap=True)
 
 
 def _rd_line(ax, rows: pd.DataFrame, col: str, label: str | None, color, width: float, marker: str | None,
