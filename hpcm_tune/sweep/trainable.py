@@ -10,6 +10,7 @@ with that message and the sweep goes on. With a fractional GPU the CUDA memory f
 from __future__ import annotations
 
 import importlib
+import logging
 import math
 import tempfile
 from collections.abc import Callable, Iterable, Mapping
@@ -75,6 +76,9 @@ def run_trial(config: Mapping[str, Any], engine: str, watched: tuple[str, ...]) 
 
     gpus = float(ray.get_runtime_context().get_assigned_resources().get("GPU", 0.0))
     set_cuda_memory_fraction(gpus)
+    # Ray Train logs "Checkpoint successfully created" at INFO for every epoch of every trial; the progress
+    # table already shows checkpoints, and the line buried the sweep's output (even with -q).
+    logging.getLogger("ray.train").setLevel(logging.WARNING)
     # Scratch space for the engine's checkpoints: each is copied to the experiment's storage when reported,
     # so the folder goes when the trial ends (it never lands in the experiment directory).
     with tempfile.TemporaryDirectory(prefix="hpcm-trial-") as workdir:
