@@ -66,8 +66,13 @@ def _colors(n: int):
     return [cmap(i % cmap.N) for i in range(n)]
 
 
-def _legend(ax, loc: str = "best", outside: bool = False) -> None:
-    handles, labels = ax.get_legend_handles_labels()
+def _legend(ax, loc: str = "best", outside: bool = False, sources: list | None = None) -> None:
+    """A legend on ``ax`` for the lines of ``sources`` (default: ax itself), each label once."""
+    found: dict[str, object] = {}
+    for source in sources or [ax]:
+        for handle, label in zip(*source.get_legend_handles_labels(), strict=True):
+            found.setdefault(label, handle)
+    handles, labels = list(found.values()), list(found)
     if not handles:
         return
     extra = len(handles) - MAX_LEGEND
@@ -241,7 +246,8 @@ def _trajectories(report, prefix: str, what: str, order: tuple[str, ...]) -> byt
             if c == 0:
                 ax.set_ylabel(what)
             if c == len(names) - 1:  # one legend per study, outside the panels so it hides no line
-                _legend(ax, outside=True)
+                # Configurations differ in their tasks (2 vs 5): the legend gathers every panel of the row.
+                _legend(ax, outside=True, sources=list(axes[r]))
     fig.tight_layout()
     return _png(fig)
 
