@@ -399,11 +399,13 @@ def _curves(points: pd.DataFrame, keys: list[str]) -> dict[tuple, dict[str, np.n
             for k, idx in grouped.groupby(keys, sort=False).indices.items()}
 
 
-def _bd_stats(anchor: dict, seeds: list[dict], fn, quality: str, options: AnalysisOptions):
-    """BD of each seed's curve against the anchor curve: (mean, std, n, [reasons])."""
+def _bd_stats(anchor: dict, seeds: dict, fn, quality: str, options: AnalysisOptions, paired: dict | None = None):
+    """BD of each seed's curve against the anchor: the baseline's curve of the same seed when ``paired`` has it
+    (same initialisation and data order, so identical settings give exactly 0), else the anchor (mean) curve.
+    Returns (mean, std, n, [reasons])."""
     values, reasons = [], []
-    for curve in seeds:
-        value, reason = _bd_one(anchor, curve, fn, quality, options)
+    for seed, curve in seeds.items():
+        value, reason = _bd_one((paired or {}).get(seed, anchor), curve, fn, quality, options)
         if reason:
             reasons.append(reason)
         if value is not None:
@@ -449,16 +451,16 @@ def study_tables(table: pd.DataFrame, study: str, options: AnalysisOptions, head
     lambdas = sorted(points[LMBDA].unique()) if not points.empty else []
     has_ms_ssim = bool(points["ms_ssim_db"].notna().any()) if not points.empty else False
     mean_curves_ = {k[0]: v for k, v in _curves(points, ["configuration"]).items()}
-    seed_curves: dict[str, list[dict]] = {}
-    for (label, _seed), curve in _curves(points, ["configuration", SEED]).items():
-        seed_curves.setdefault(label, []).append(curve)
+    seed_curves: dict[str, dict] = {}
+    for (label, seed), curve in _curves(points, ["configuration", SEED]).items():
+        seed_curves.setdefault(label, {})[seed] = curve
     anchor = mean_curves_.get(baseline)
     bd_columns = [c for c in _BD_COLUMNS if has_ms_ssim or c[0] != "ms_ssim_db"]
     # The baseline's own seed-to-seed spread: the noise any difference is judged against.
     base_noise = {}
     if anchor is not None:
         for quality, fn, key in bd_columns:
-            _, std, n, _ = _bd_stats(anchor, seed_curves.get(baseline, []), fn, quality, options)
+            _, std, n, _ = _bd_stats(anchor, seed_curves.get(baseline, {}), fn, quality, options)
             base_noise[key] = (std, n)
     at_lambda = (points.groupby(["configuration", LMBDA])[["psnr", "rate"]].agg(["mean", "std", "count"])
                  if not points.empty else None)
@@ -483,8 +485,8 @@ def study_tables(table: pd.DataFrame, study: str, options: AnalysisOptions, head
                 disp[key] = "0 (anchor)" if anchor is not None else "n/a " + notes.mark(
                     f"the baseline {baseline!r} has no usable RD point: no BD-rate")
                 continue
-            cell, mean, std = _bd_cell(anchor, mean_curves_.get(label), seed_curves.get(label, []), fn, quality,
-                                       key, digits, options, notes, base_noise)
+            cell, mean, std = _bd_cell(anchor, mean_curves_.get(label), seed_curves.get(label, {}), fn, quality,
+                                       key, digits, options, notes, base_noise, seed_curves.get(baseline))
             num[key], num[key + " std"] = mean, std
             disp[key] = cell
         lam_disp = {"configuration": disp["configuration"]}
@@ -530,13 +532,13 @@ _BD_COLUMNS = (
 )
 
 
-def _bd_cell(anchor, mean_curve, seeds, fn, quality, key, digits, options, notes, base_noise):
+def _bd_cell(anchor, mean_curve, seeds, fn, quality, key, digits, options, notes, base_noise, paired=None):
     if anchor is None:
         return "n/a " + notes.mark("the baseline has no usable RD point: no BD-rate"), math.nan, math.nan
     if mean_curve is None or not np.isfinite(mean_curve[quality]).any():
         why = "no finished trial" if not options.include_partial else "no trial with eval results"
         return "n/a " + notes.mark(why if mean_curve is None else f"{quality} not reported"), math.nan, math.nan
-    mean, std, n, reasons = _bd_stats(anchor, seeds, fn, quality, options)
+    mean, std, n, reasons = _bd_stats(anchor, seeds, fn, quality, options, paired)
     if n < 2:
         # One seed, or seeds not covering enough lambdas each: the BD of the mean curve.
         value, reason = _bd_one(anchor, mean_curve, fn, quality, options)
