@@ -132,38 +132,34 @@ class Fixed(Domain):
 
 
 @dataclass(frozen=True)
-class Uniform(Domain):
+class _Interval(Domain):
+    """A numeric domain between low and high (both included unless a subclass says otherwise)."""
+
     low: float
     high: float
+
+    def bounds(self) -> tuple[float, float]:
+        return (self.low, self.high)
+
+
+@dataclass(frozen=True)
+class Uniform(_Interval):
     kind: str = field(init=False, default="uniform")
 
-    def bounds(self) -> tuple[float, float]:
-        return (self.low, self.high)
-
 
 @dataclass(frozen=True)
-class LogUniform(Domain):
-    low: float
-    high: float
+class LogUniform(_Interval):
     kind: str = field(init=False, default="loguniform")
 
-    def bounds(self) -> tuple[float, float]:
-        return (self.low, self.high)
-
 
 @dataclass(frozen=True)
-class QUniform(Domain):
-    low: float
-    high: float
+class QUniform(_Interval):
     q: float
     kind: str = field(init=False, default="quniform")
 
-    def bounds(self) -> tuple[float, float]:
-        return (self.low, self.high)
-
 
 @dataclass(frozen=True)
-class RandInt(Domain):
+class RandInt(_Interval):
     """Integers in [low, high) (Ray Tune's convention: high is excluded)."""
 
     low: int
