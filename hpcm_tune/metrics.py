@@ -70,3 +70,59 @@ def weight_name(task: str) -> str:
 def train_task_name(task: str) -> str:
     """'train/<task>' for a task of any objective."""
     return f"train/{task}"
+
+
+# --- Diagnostics of the balanced objectives (docs/architecture.md, "The effective lambda") -----------------
+# FAMO with min losses m_i moves the model along sum_i a_i grad L_i with a_i = z_i / (L_i - m_i) (the weighting's
+# own coefficients), i.e. along grad R + lambda_eff grad D. Far from lambda*D ~ 1 (a model trained from scratch)
+# lambda_eff << lambda and the code collapses to one that spends almost no bits on y.
+TRAIN_LAMBDA_EFF = "train/lambda_eff"
+# Share of the estimated rate carried by y (the rest is z): (bpp - bpp_z) / bpp on the evaluation images.
+EVAL_Y_SHARE = "eval/y_share"
+# PSNR of the evaluation images replaced by their own mean colour (per image, then averaged): the quality a
+# code with no information about the picture reaches.
+EVAL_FLAT_PSNR = "eval/flat_psnr"
+# 1.0 when the evaluated model is collapsed (is_collapsed), else 0.0.
+EVAL_COLLAPSED = "eval/collapsed"
+# y carrying less than this share of the rate counts as collapsed.
+COLLAPSE_Y_SHARE = 0.05
+
+DISTORTION_SUFFIX = "distortion"
+RATE_SUFFIX = "bpp"
+
+
+def task_kind(task: str) -> str:
+    """'distortion' for a task that is part of lambda*D, 'bpp' for a part of R (every objective's task names end
+    so: s1_distortion, s2_bpp, distortion, bpp)."""
+    for kind in (DISTORTION_SUFFIX, RATE_SUFFIX):
+        if task == kind or task.endswith(f"_{kind}"):
+            return kind
+    raise ValueError(f"task {task!r}: not a distortion or rate task (names end in _distortion or _bpp)")
+
+
+def effective_lambda(lmbda: float, coefficients: dict[str, float], task_losses: dict[str, float],
+                     rd_distortion: float, rate: float) -> float:
+    """lambda_eff such that the model's step follows grad R + lambda_eff * grad D.
+
+    The weighted gradient is sum_i a_i grad L_i. Each distortion task is a part of lambda*D and each rate task a
+    part of R, so the distortion tasks together weigh lambda*D by sum_d a_d L_d / (lambda D) and the rate tasks
+    weigh R by sum_r a_r L_r / R; lambda_eff = lambda times their ratio. ``rd_distortion`` is lambda*D (the plain
+    loss minus the rate). With every a_i equal (the standard weighting) this is lambda; for two FAMO tasks with
+    m = -1 it is lambda (z_D / z_R) (1 + R) / (1 + lambda D). NaN when a side is empty or zero.
+    """
+    weighted = {DISTORTION_SUFFIX: 0.0, RATE_SUFFIX: 0.0}
+    for task, loss in task_losses.items():
+        weighted[task_kind(task)] += float(coefficients[task]) * float(loss)
+    if rd_distortion <= 0 or rate <= 0 or weighted[RATE_SUFFIX] <= 0:
+        return float("nan")
+    return lmbda * (weighted[DISTORTION_SUFFIX] / rd_distortion) / (weighted[RATE_SUFFIX] / rate)
+
+
+def y_rate_share(bpp: float, bpp_z: float) -> float:
+    """Share of the total rate carried by y; NaN for a zero rate."""
+    return (bpp - bpp_z) / bpp if bpp > 0 else float("nan")
+
+
+def is_collapsed(y_share: float, psnr: float, flat_psnr: float) -> bool:
+    """y carries under COLLAPSE_Y_SHARE of the rate, or the PSNR is below the flat-colour reference."""
+    return bool(y_share < COLLAPSE_Y_SHARE or psnr < flat_psnr)
