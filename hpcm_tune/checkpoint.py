@@ -13,6 +13,7 @@ a warning in favour of the previous one in the same root.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -27,6 +28,11 @@ FORMAT_VERSION = 1
 STATE_FILE = "state.pt"
 META_FILE = "meta.json"
 _NAME = re.compile(r"^epoch_(\d{6,})$")
+# Ray Tune's checkpoint folders inside a trial directory (each holds one of ours: state.pt + meta.json).
+_TUNE_NAME = re.compile(r"^checkpoint_(\d+)$")
+# Buffers of CompressAI's entropy coder whose shapes depend on whether the CDF tables were built, not on the
+# architecture; left out of the fingerprint.
+_CODEC_TABLE_SUFFIXES: tuple[str, ...] = ("._offset", "._quantized_cdf", "._cdf_length")
 
 
 class CheckpointError(ValueError):
@@ -74,8 +80,8 @@ def save_checkpoint(state: dict[str, Any], root: str | Path, epoch: int, keep: i
         f.flush()
         os.fsync(f.fileno())
     os.replace(part, tmp / STATE_FILE)
-    meta = {"format": state.get("format"), "preset": state.get("preset"), "epoch": state.get("epoch"),
-            "step": state.get("step")}
+    meta = {"format": state.get("format"), "preset": state.get("preset"), "architecture": state.get("architecture"),
+            "epoch": state.get("epoch"), "step": state.get("step")}
     (tmp / META_FILE).write_text(json.dumps(meta) + "\n")
     _fsync_dir(tmp)
     if final.exists():  # the same epoch written again (a run resumed from an earlier checkpoint)
@@ -151,10 +157,79 @@ def load_checkpoint(path: str | Path, preset: str) -> tuple[dict[str, Any], Path
     raise CheckpointError("no readable checkpoint: " + "; ".join(failures))
 
 
+def architecture_fingerprint(model_state: dict[str, Any]) -> str:
+    """A short hash of a model state's parameter and buffer names and shapes (the codec's CDF tables left out):
+    equal for two models of the same architecture, whatever their weights."""
+    items = sorted((k, tuple(v.shape)) for k, v in model_state.items() if not k.endswith(_CODEC_TABLE_SUFFIXES))
+    return hashlib.sha256(repr(items).encode()).hexdigest()[:16]
+
+
+def warm_start_candidates(path: str | Path) -> list[Path]:
+    """Checkpoint directories that ``init_from`` may name, newest first: a checkpoint directory (then the
+    older ones beside it), a run directory (its ``checkpoints/``), a root of checkpoints, or a sweep trial
+    directory (Ray Tune's ``checkpoint_NNNNNN/`` folders)."""
+    path = Path(path)
+    if (path / STATE_FILE).exists() or _NAME.match(path.name):
+        return _candidates(path)
+    if (path / "checkpoints").is_dir():
+        return _candidates(path / "checkpoints")
+    if list_checkpoints(path):
+        return _candidates(path)
+    if path.is_dir():
+        tune = [(int(m.group(1)), p) for p in path.iterdir() if p.is_dir() and (m := _TUNE_NAME.match(p.name))]
+        return [p for _, p in sorted(tune, reverse=True) if (p / STATE_FILE).exists()]
+    return []
+
+
+def load_model_weights(path: str | Path, preset: str, fingerprint: str) -> tuple[dict[str, Any], Path]:
+    """The model weights of the newest readable checkpoint that ``path`` names (see warm_start_candidates) and
+    where they were found. The checkpoint must be of ``preset`` and of the architecture ``fingerprint``
+    (architecture_fingerprint of the model that will receive them); otherwise CheckpointError names both."""
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"init_from {path}: no such file or directory")
+    candidates = warm_start_candidates(path)
+    if not candidates:
+        raise CheckpointError(
+            f"init_from {path}: no checkpoint there; allowed: a checkpoint directory (with {STATE_FILE}), a run "
+            f"directory (with checkpoints/), or a sweep trial directory (with checkpoint_NNNNNN/)"
+        )
+    failures = []
+    for i, candidate in enumerate(candidates):
+        try:
+            state = read_state(candidate)
+            model = state["model"]
+            if not isinstance(model, dict):
+                raise CheckpointError(f"its 'model' entry is a {type(model).__name__}, not a state dict")
+        except CheckpointError as error:
+            failures.append(f"{candidate}: {error}")
+            continue
+        except Exception as error:  # truncated zip, bad pickle, missing key: the file is unusable
+            failures.append(f"{candidate}: {type(error).__name__}: {error}")
+            if i + 1 < len(candidates):
+                warnings.warn(f"init_from: checkpoint {candidate} is unreadable ({type(error).__name__}: {error}); "
+                              f"falling back to {candidates[i + 1]}", stacklevel=2)
+            continue
+        if state.get("format") != FORMAT_VERSION:
+            raise CheckpointError(f"init_from {path}: checkpoint {candidate} has format {state.get('format')!r}; "
+                                  f"this version of hpcm_tune reads format {FORMAT_VERSION}")
+        found = architecture_fingerprint(model)
+        if state.get("preset") != preset or found != fingerprint:
+            raise CheckpointError(
+                f"init_from {path}: checkpoint {candidate} is preset {state.get('preset')!r} (architecture "
+                f"{found}); this run is preset {preset!r} (architecture {fingerprint})"
+            )
+        return model, candidate
+    raise CheckpointError(f"init_from {path}: no readable checkpoint: " + "; ".join(failures))
+
+
 __all__ = [
     "FORMAT_VERSION",
     "STATE_FILE",
     "CheckpointError",
+    "architecture_fingerprint",
+    "load_model_weights",
+    "warm_start_candidates",
     "check_state",
     "checkpoint_name",
     "list_checkpoints",

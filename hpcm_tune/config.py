@@ -138,12 +138,21 @@ def _set(obj: Any, name: str, value: Any) -> None:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """The HPCM preset (hpcm_tune.models.PRESETS: tiny, small, base, large)."""
+    """The HPCM preset (hpcm_tune.models.PRESETS: tiny, small, base, large) and an optional warm start.
+
+    ``init_from``: a checkpoint directory, a run directory (``hpcm-train --out``) or a sweep trial directory
+    whose newest readable checkpoint gives the model weights before training; the optimizer, the weighting
+    and the schedules start fresh. Its preset and architecture must be this run's (hpcm_tune.checkpoint). A run
+    resumed from its own checkpoint never reads ``init_from`` again.
+    """
 
     preset: str = "tiny"
+    init_from: str | None = None
 
     def __post_init__(self) -> None:
         _check_choice("preset", self.preset, _registry_names("hpcm_tune.models", "PRESETS"))
+        if self.init_from is not None:
+            _set(self, "init_from", _string("init_from", self.init_from, empty_ok=False))
 
 
 @dataclass(frozen=True)
@@ -180,6 +189,7 @@ class WeightingConfig:
     scale_weights: tuple[float, float, float] = (0.3, 0.4, 0.3)
     min_loss: float = -1.0
     update_mode: str = "same_batch"
+    warmup_epochs: int = field(default=0, metadata={"key": "weighting_warmup_epochs"})
 
     def __post_init__(self) -> None:
         if self.name is not None:
@@ -200,6 +210,8 @@ class WeightingConfig:
         _set(self, "scale_weights", values)
         _set(self, "min_loss", _number("min_loss", self.min_loss))
         _check_choice("update_mode", self.update_mode, _registry_names("hpcm_tune.weighting", "UPDATE_MODES"))
+        _set(self, "warmup_epochs", _integer("weighting_warmup_epochs", self.warmup_epochs, low=0,
+                                             what=" (epochs on the plain R-D loss before the weighting starts)"))
 
     @property
     def gammas(self) -> tuple[float, float, float]:
@@ -218,13 +230,16 @@ class ScheduleConfig:
 
 @dataclass(frozen=True)
 class OptimizerConfig:
-    """Adam on the model parameters with a per-epoch LR schedule and one gradient clip per step."""
+    """The model's optimizer (hpcm_tune.optim.OPTIMIZERS: adam, cautious_adam) with a per-epoch LR schedule and
+    one gradient clip per step."""
 
+    name: str = field(default="adam", metadata={"key": "optimizer"})
     lr: float = 1e-4
     lr_schedule: str = "step"
     clip_max_norm: float = 1.0
 
     def __post_init__(self) -> None:
+        _check_choice("optimizer", self.name, _registry_names("hpcm_tune.optim", "OPTIMIZERS"))
         _set(self, "lr", _number("lr", self.lr, low=0.0, low_open=True, what=" > 0"))
         _check_choice("lr_schedule", self.lr_schedule, LR_SCHEDULES.names())
         _set(self, "clip_max_norm", _number("clip_max_norm", self.clip_max_norm, low=0.0,

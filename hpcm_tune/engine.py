@@ -40,7 +40,13 @@ import torch
 from torch import nn
 
 from hpcm_tune import metrics as M
-from hpcm_tune.checkpoint import FORMAT_VERSION, load_checkpoint, save_checkpoint
+from hpcm_tune.checkpoint import (
+    FORMAT_VERSION,
+    architecture_fingerprint,
+    load_checkpoint,
+    load_model_weights,
+    save_checkpoint,
+)
 from hpcm_tune.config import RunConfig
 from hpcm_tune.data import crop_to, eval_images, open_data, pad_to_multiple, train_loader
 
@@ -88,6 +94,13 @@ def ms_ssim(x_hat: torch.Tensor, x: torch.Tensor) -> float:
         warnings.warn(f"image of {side} px is too small for MS-SSIM; reporting SSIM", stacklevel=2)
         return float(_ssim(x_hat.float(), x.float(), data_range=1.0, win_size=min(win, side - (1 - side % 2))))
     return float(_ms_ssim(x_hat.float(), x.float(), data_range=1.0, win_size=win))
+
+
+def flat_colour_psnr(x: torch.Tensor) -> float:
+    """PSNR of an image (1x3xHxW in [0, 1]) against itself replaced by its mean colour: what a code that says
+    nothing about the picture but its average colour reaches (hpcm_tune.metrics.is_collapsed)."""
+    flat = x.mean(dim=(-2, -1), keepdim=True)
+    return psnr_from_mse(float((x - flat).pow(2).mean()))
 
 
 def _default_model_factory(preset: str) -> nn.Module:
@@ -158,6 +171,7 @@ class Engine:
     def __init__(self, config: RunConfig, workdir: str | Path | None = None,
                  model_factory: ModelFactory | None = None, keep_checkpoints: int = 2) -> None:
         from hpcm_tune.objectives import build_objective
+        from hpcm_tune.optim import build_optimizer
         from hpcm_tune.schedules import make_state
         from hpcm_tune.weighting import build_weighting
 
@@ -193,7 +207,10 @@ class Engine:
             gamma_s3=w.gamma_s3, scale_weights=w.scale_weights, min_loss=w.min_loss, update_mode=w.update_mode,
         )
         self.gamma_state = make_state(config.schedule.gamma_strategy)
-        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.optimizer.lr)
+        self.optimizer = build_optimizer(config.optimizer.name, self.model.parameters(), config.optimizer.lr)
+        self.architecture = architecture_fingerprint(self.model.state_dict())
+        self.restored = False  # a run restored from its own checkpoint never reads init_from again
+        self.warm_started_from: Path | None = None
 
         self.loader, self.sampler = train_loader(self.train_source, config.data, config.run.seed,
                                                  config.run.steps_per_epoch, pin_memory=cuda)
@@ -228,7 +245,9 @@ class Engine:
         before = _torch_rng(device)
         losses = self._losses(x)
         task_losses = {t: losses[t] for t in self.task_names}
-        loss = self.weighting.loss(task_losses)
+        warming_up = self.weighting_warming_up
+        # Weighting warm-up: the plain R-D loss; the weighting neither weighs nor adapts until it ends.
+        loss = losses["loss"] if warming_up else self.weighting.loss(task_losses)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         max_norm = self.config.optimizer.clip_max_norm
@@ -260,9 +279,28 @@ class Engine:
                 _set_torch_rng(after, device)
             return {t: again[t].detach() for t in self.task_names}
 
-        self.weighting.update(detached, reevaluate)
+        if not warming_up:
+            self.weighting.update(detached, reevaluate)
         _set_torch_rng(after, device)  # the run's random stream never depends on whether reevaluate ran
         return {k: v.detach() for k, v in losses.items()}
+
+    @property
+    def weighting_warming_up(self) -> bool:
+        """True during the first ``weighting_warmup_epochs`` epochs (trained on the plain R-D loss)."""
+        return self.epoch < self.config.weighting.warmup_epochs
+
+    # --- warm start --------------------------------------------------------------------------------------
+
+    def warm_start(self) -> Path:
+        """Load the model weights of ``init_from`` (its newest readable checkpoint); the optimizer, the weighting
+        and the schedules keep their fresh state. Returns the checkpoint directory used."""
+        source = self.config.model.init_from
+        if source is None:
+            raise ValueError("init_from: not set; nothing to warm-start from")
+        weights, used = load_model_weights(source, self.config.model.preset, self.architecture)
+        self.model.load_state_dict(weights)
+        self.warm_started_from = used
+        return used
 
     # --- one epoch ---------------------------------------------------------------------------------------
 
@@ -299,7 +337,18 @@ class Engine:
             if task in means:
                 out[M.train_task_name(task)] = means[task]
         self._epoch_task_means = {t: means[t] for t in M.TASKS if t in means}
+        out[M.TRAIN_LAMBDA_EFF] = self._lambda_eff({t: means[t] for t in self.task_names}, means["loss"],
+                                                   means["bpp"])
         return out
+
+    def _lambda_eff(self, task_means: Mapping[str, float], loss: float, bpp: float) -> float:
+        """lambda_eff at the epoch's mean task losses (hpcm_tune.metrics.effective_lambda); lambda itself
+        while the weighting warms up (the plain loss is trained then)."""
+        lmbda = self.config.objective.lmbda
+        if self.weighting_warming_up:
+            return lmbda
+        coefficients = self.weighting.coefficients(task_means)
+        return M.effective_lambda(lmbda, coefficients, dict(task_means), loss - bpp, bpp)
 
     # --- evaluation --------------------------------------------------------------------------------------
 
@@ -326,12 +375,16 @@ class Engine:
                    M.EVAL_BPP_Z: float(terms[RATE_KEYS["z"]])}
             for scale in M.SCALES:
                 row[M.EVAL_BPP_SCALE[scale]] = float(terms[RATE_KEYS[f"y_{scale}"]])
+            row[M.EVAL_FLAT_PSNR] = flat_colour_psnr(x)
             rows.append(row)
         if not rows:
             raise RuntimeError("no test image could be read for evaluation")
         result = {k: sum(r[k] for r in rows) / len(rows) for k in rows[0]}
         if not math.isfinite(result[M.EVAL_LOSS]):
             raise NonFiniteTrainingError(f"evaluation loss is {result[M.EVAL_LOSS]} at epoch {self.epoch}")
+        result[M.EVAL_Y_SHARE] = M.y_rate_share(result[M.EVAL_BPP], result[M.EVAL_BPP_Z])
+        result[M.EVAL_COLLAPSED] = float(M.is_collapsed(result[M.EVAL_Y_SHARE], result[M.EVAL_PSNR],
+                                                        result[M.EVAL_FLAT_PSNR]))
         if codec:
             result[M.EVAL_ACTUAL_BPP] = self.actual_bpp(x for _, x in images)
         model.train()
@@ -363,6 +416,9 @@ class Engine:
 
         config = self.config
         total = config.run.epochs
+        if config.model.init_from is not None and self.epoch == 0 and not self.restored \
+                and self.warm_started_from is None:
+            self.warm_start()
         metrics: dict[str, float] = {}
         while self.epoch < total:
             index = self.epoch  # 0-based index of the epoch being trained
@@ -399,6 +455,7 @@ class Engine:
         return {
             "format": FORMAT_VERSION,
             "preset": config.model.preset,
+            "architecture": self.architecture,
             "config": config.to_dict(),
             "epoch": self.epoch,
             "step": self.step,
@@ -437,7 +494,9 @@ class Engine:
         one falls back to the previous with a warning). Returns the directory used."""
         state, used = load_checkpoint(checkpoint_dir, self.config.model.preset)
         self.load_state_dict(state)
+        self.restored = True
         return used
 
 
-__all__ = ["Engine", "NonFiniteTrainingError", "ms_ssim", "ms_ssim_db", "psnr_from_mse", "resolve_device"]
+__all__ = ["Engine", "NonFiniteTrainingError", "flat_colour_psnr", "ms_ssim", "ms_ssim_db", "psnr_from_mse",
+           "resolve_device"]

@@ -62,7 +62,8 @@ def test_metrics_carry_exactly_the_documented_names(folder, tmp_path):
     reports = _run(Engine(_config(folder, epochs=1), workdir=tmp_path))
     (metrics,) = reports
     expected = {M.EPOCH, M.TRAIN_LOSS, M.TRAIN_PSNR, M.TRAIN_BPP, M.TRAIN_SKIPPED_STEPS, *M.TRAIN_TASKS.values(),
-                *M.WEIGHTS.values(), *M.SCALE_CONTRIB.values(), *M.GAMMA.values(), *M.EVAL_METRICS}
+                *M.WEIGHTS.values(), *M.SCALE_CONTRIB.values(), *M.GAMMA.values(), *M.EVAL_METRICS,
+                M.TRAIN_LAMBDA_EFF, M.EVAL_Y_SHARE, M.EVAL_FLAT_PSNR, M.EVAL_COLLAPSED}
     assert set(metrics) == expected
     assert metrics[M.EPOCH] == 1 and all(math.isfinite(v) for v in metrics.values())
     assert sum(metrics[M.WEIGHTS[t]] for t in M.TASKS) == pytest.approx(1.0)

@@ -128,6 +128,11 @@ class Weighting(ABC):
     def weights(self) -> dict[str, float]:
         """The current task weights by task name."""
 
+    def coefficients(self, task_losses: Mapping[str, float]) -> dict[str, float]:
+        """a_i with the model's gradient proportional to sum_i a_i grad L_i at these task losses (for
+        hpcm_tune.metrics.effective_lambda); the plain sum has every a_i = 1."""
+        return dict.fromkeys(self.task_names, 1.0)
+
     def gammas(self) -> dict[str, float]:
         """The effective L2 coefficient of each scale (base gamma times the schedule); empty if none."""
         return {}

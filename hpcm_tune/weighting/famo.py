@@ -145,6 +145,12 @@ class FAMO(Weighting):
     def weights(self) -> dict[str, float]:
         return dict(zip(self.task_names, self._z().tolist()))
 
+    def coefficients(self, task_losses: Mapping[str, float]) -> dict[str, float]:
+        """a_i = z_i / (L_i - m_i + eps): the gradient of sum_i z_i log(L_i - m_i + eps) up to the common c."""
+        z, m, eps = self._z().cpu(), self._min.cpu(), self.config.eps
+        return {t: float(z[i]) / max(float(task_losses[t]) - float(m[i]) + eps, eps)
+                for i, t in enumerate(self.task_names)}
+
     def gammas(self) -> dict[str, float]:
         base = self.base_gammas()
         return {s: base[s] * m for s, m in zip(SCALES, self._multipliers)}
