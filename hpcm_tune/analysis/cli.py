@@ -16,6 +16,7 @@ from hpcm_tune.analysis.bd import BD_METHODS, DEFAULT_MIN_OVERLAP
 from hpcm_tune.analysis.report import build_report, render_markdown, write_outputs
 from hpcm_tune.analysis.results import ResultsWarning, load_experiments
 from hpcm_tune.analysis.tables import POINTS, RATES, AnalysisOptions, BaselineError
+from hpcm_tune.reference import ReferenceWarning
 
 DEFAULT_OUT = "analysis"
 
@@ -45,6 +46,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also use stopped-early, errored and unfinished trials as RD points")
     p.add_argument("--min-overlap", type=float, default=DEFAULT_MIN_OVERLAP,
                    help=f"warn (footnote) below this curve overlap (default {DEFAULT_MIN_OVERLAP})")
+    p.add_argument("--no-reference", action="store_true",
+                   help="skip the reference codecs (JPEG, WebP, AVIF via Pillow on the trials' evaluation images; "
+                   "computed once per image set and cached in $HPCM_TUNE_CACHE/reference, default "
+                   "~/.cache/hpcm-tune/reference)")
     p.add_argument("--no-plots", action="store_true", help="skip the PNG figures")
     p.add_argument("--quiet", action="store_true", help="do not print the Markdown report")
     return p
@@ -55,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         options = AnalysisOptions(method=args.method, point=args.point, rate=args.rate,
                                   include_partial=args.include_partial, baseline=tuple(args.baseline),
-                                  min_overlap=args.min_overlap)
+                                  min_overlap=args.min_overlap, reference=not args.no_reference)
     except ValueError as err:
         print(f"analyze.py: {err}", file=sys.stderr)
         return 2
@@ -70,11 +75,18 @@ def main(argv: list[str] | None = None) -> int:
     for w in caught:
         print(f"warning: {w.message}", file=sys.stderr)
     try:
-        report = build_report(experiments, options)
+        with warnings.catch_warnings(record=True) as ref_caught:
+            warnings.simplefilter("always", ReferenceWarning)
+            report = build_report(experiments, options)
         report.warnings = [str(w.message) for w in caught if issubclass(w.category, ResultsWarning)]
     except BaselineError as err:
         print(f"analyze.py: {err}", file=sys.stderr)
         return 2
+    for w in ref_caught:
+        if issubclass(w.category, ReferenceWarning):
+            print(f"warning: {w.message}", file=sys.stderr)
+        else:
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
     if args.baseline and not any(st.user_baseline_found for st in report.studies):
         labels = sorted({lb for st in report.studies for lb in st.ablation.get("configuration", [])})
         print(f"analyze.py: --baseline {' '.join(args.baseline)} matches no configuration; valid labels: "

@@ -25,6 +25,9 @@ MAX_BANDS = 5  # std bands only up to this many configurations per panel (more a
 MAX_HIGHLIGHT = 11  # beyond the baseline, the best configurations (by BD-rate) in colour; the rest thin grey
 MAX_LABEL = 48  # characters of a legend label (generated labels of random searches can be long)
 OTHERS_COLOR = "0.7"
+# Reference codecs: neutral grey, told apart by dash and marker (never a configuration's colour).
+REFERENCE_COLOR = "0.35"
+REFERENCE_STYLES = (("--", "x"), (":", "+"), ("-.", "1"), ((0, (5, 1, 1, 1)), "2"))
 
 
 def _short(label: str) -> str:
@@ -66,8 +69,9 @@ def _colors(n: int):
     return [cmap(i % cmap.N) for i in range(n)]
 
 
-def _legend(ax, loc: str = "best", outside: bool = False, sources: list | None = None) -> None:
-    """A legend on ``ax`` for the lines of ``sources`` (default: ax itself), each label once."""
+def _legend(ax, loc: str = "best", outside: bool = False, sources: list | None = None, keep_last: int = 0) -> None:
+    """A legend on ``ax`` for the lines of ``sources`` (default: ax itself), each label once; the ``keep_last``
+    last entries (the reference codecs) are always shown."""
     found: dict[str, object] = {}
     for source in sources or [ax]:
         for handle, label in zip(*source.get_legend_handles_labels(), strict=True):
@@ -77,7 +81,9 @@ def _legend(ax, loc: str = "best", outside: bool = False, sources: list | None =
         return
     extra = len(handles) - MAX_LEGEND
     if extra > 0:
-        handles, labels = handles[:MAX_LEGEND], labels[:MAX_LEGEND]
+        head = MAX_LEGEND - keep_last
+        handles = handles[:head] + handles[len(handles) - keep_last:]
+        labels = labels[:head] + labels[len(labels) - keep_last:]
         handles.append(plt.Line2D([], [], linestyle="none"))
         labels.append(f"+{extra} more")
     if outside:
@@ -120,13 +126,38 @@ def rd_curves(report) -> bytes:
                 _rd_line(ax, groups[(study, base)], col, _short(f"{base} (baseline)"), "black", 2.6, "s", 5)
             for label, color in zip(highlighted, _colors(len(highlighted)), strict=True):
                 _rd_line(ax, groups[(study, label)], col, _short(label), color, 1.4, "o", 3)
+            n_ref = 0
+            if col == "psnr":
+                n_ref = _reference_lines(ax, getattr(report, "references", {}).get(str(study)),
+                                         curves.loc[curves[STUDY] == study, ["rate", "psnr"]])
             ax.set_xlabel(f"rate: {RATES[report.options.rate]} (bits per pixel)")
             ax.set_ylabel(name)
             ax.set_title(f"{study}: {name} vs rate", fontsize=11)
             ax.grid(True, alpha=0.3)
-            _legend(ax, "lower right")
+            _legend(ax, "lower right", keep_last=n_ref)
     fig.tight_layout()
     return _png(fig)
+
+
+def _reference_lines(ax, reference, models: pd.DataFrame) -> int:
+    """The reference codecs' curves (neutral grey), cut to the models' rates (up to twice the highest, and at
+    least each codec's two lowest points) so a codec's 3-bpp end does not squash the plot, and the flat-colour
+    PSNR when a model comes within 5 dB of it. Returns the number of legend entries added."""
+    if reference is None or reference.points is None:
+        return 0
+    points = reference.points
+    rates, psnrs = (models[c].to_numpy(dtype=np.float64) for c in ("rate", "psnr"))
+    top = 2.0 * float(np.nanmax(rates)) if np.isfinite(rates).any() else np.inf
+    for codec, (dash, marker) in zip(points.codecs, REFERENCE_STYLES * 4, strict=False):
+        bpp, psnr = points.curve(codec)
+        keep = (bpp <= top) | (np.arange(bpp.size) < 2)
+        ax.plot(bpp[keep], psnr[keep], color=REFERENCE_COLOR, linestyle=dash, marker=marker, markersize=6,
+                linewidth=1.1, label=points.label(codec), zorder=2)
+    if not (np.isfinite(psnrs).any() and np.nanmin(psnrs) < points.flat_psnr + 5.0):
+        return len(points.codecs)
+    ax.axhline(points.flat_psnr, color=REFERENCE_COLOR, linestyle=(0, (1, 3)), linewidth=1.0, zorder=0,
+               label=f"flat colour ({points.flat_psnr:.1f} dB)")
+    return len(points.codecs) + 1
 
 
 def _delta_panel(ax, groups: dict, study: str, base: str | None, highlighted: list[str], others: list[str]) -> None:

@@ -34,6 +34,7 @@ class Report:
     curves: pd.DataFrame
     studies: list[StudyTables] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)  # files skipped or replaced while reading
+    references: dict = field(default_factory=dict)  # study -> analysis.references.StudyReference
 
     @property
     def baselines(self) -> dict[str, str | None]:
@@ -41,7 +42,9 @@ class Report:
 
 
 def build_report(experiments: list[Experiment], options: AnalysisOptions | None = None) -> Report:
-    """Trial table, mean RD curves and one :class:`StudyTables` per study of the given experiments."""
+    """Trial table, mean RD curves and one :class:`StudyTables` per study of the given experiments; with
+    ``options.reference`` (default) also the reference codec points of each study's evaluation images
+    (computed once per image set, then cached; a failure warns and leaves n/a)."""
     options = options or AnalysisOptions()
     trials = trial_table(experiments)
     curves = mean_curves(curve_points(trials, options))
@@ -50,10 +53,17 @@ def build_report(experiments: list[Experiment], options: AnalysisOptions | None 
         if exp.header.get("study") and exp.header.get("baseline"):
             header_baselines[exp.header["study"]] = exp.header["baseline"]
     studies = []
+    references = {}
+    if not trials.empty and options.reference:
+        from hpcm_tune.analysis.references import load_references
+
+        references = load_references(trials)
     if not trials.empty:
         for study in dict.fromkeys(trials[STUDY]):
-            studies.append(study_tables(trials, study, options, header_baselines.get(study)))
-    return Report(options=options, experiments=experiments, trials=trials, curves=curves, studies=studies)
+            studies.append(study_tables(trials, study, options, header_baselines.get(study),
+                                        references.get(str(study))))
+    return Report(options=options, experiments=experiments, trials=trials, curves=curves, studies=studies,
+                  references=references)
 
 
 # ---------------------------------------------------------------------------------------------- rendering
@@ -79,7 +89,8 @@ def markdown_table(df: pd.DataFrame) -> str:
 
 
 _LATEX_SPECIAL = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
-                  "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}", "±": r"$\pm$"}
+                  "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}", "±": r"$\pm$",
+                  "†": r"\textdagger{}", "–": "--"}
 
 
 def _latex_escape(text: str) -> str:
@@ -104,8 +115,9 @@ def latex_table(df: pd.DataFrame, caption: str, footnotes: list[str] | None = No
 def _describe_points(options: AnalysisOptions) -> str:
     which = "best epoch (in the sweep's metric)" if options.point == "best" else "final evaluation"
     who = "all trials with eval results" if options.include_partial else "finished trials"
+    refs = "" if options.reference else "; reference codecs off (--no-reference)"
     return (f"RD points: {which} of {who}, mean over seeds; rate = {RATES[options.rate]}; "
-            f"BD method {options.method} on log10 rate")
+            f"BD method {options.method} on log10 rate{refs}")
 
 
 def render_markdown(report: Report) -> str:
@@ -134,6 +146,8 @@ def render_markdown(report: Report) -> str:
             out.append(f"[{i}] {text}  ")
         if st.footnotes:
             out.append("")
+        if st.reference_notes:
+            out += [" ".join(st.reference_notes), ""]
         out += [f"### Leaderboard per lambda (`{st.study}`, by eval R-D loss, lower is better)", "",
                 markdown_table(_leaderboard_display(st.leaderboard)), ""]
         errored = report.trials[(report.trials[STUDY] == st.study) & report.trials["error"].notna()]
@@ -151,7 +165,9 @@ def _leaderboard_display(board: pd.DataFrame) -> pd.DataFrame:
     if shown.empty:
         return shown
     shown[LMBDA] = [f"{v:g}" if first else "" for v, first in zip(shown[LMBDA], shown["rank"] == 1, strict=True)]
-    for col, digits in (("loss", 4), ("psnr", 2), ("bpp", 4)):
+    for col, digits in (("loss", 4), ("psnr", 2), ("bpp", 4), ("lambda_eff", 5)):
+        if col not in shown.columns:
+            continue
         shown[col] = [f"{v:.{digits}f}" if isinstance(v, float) and math.isfinite(v) else "n/a" for v in shown[col]]
     return shown
 
@@ -182,7 +198,8 @@ def _csv(df: pd.DataFrame) -> str:
 
 def write_outputs(report: Report, out_dir: str | Path, plots: bool = True) -> list[Path]:
     """Write report.md, trials.csv, curves.csv, status.csv, ablation.csv, leaderboard.csv, one
-    tables_<study>.tex per study and, with ``plots``, rd_curves.png, weights.png and gammas.png."""
+    tables_<study>.tex per study, reference.csv and reference_images.csv (the reference codec points, when
+    computed) and, with ``plots``, rd_curves.png, weights.png and gammas.png."""
     out = Path(out_dir)
     written: list[Path] = []
 
@@ -206,6 +223,13 @@ def write_outputs(report: Report, out_dir: str | Path, plots: bool = True) -> li
         put(f"tables_{_slug(st.study)}.tex", tex)
     put("ablation.csv", _csv(pd.concat(ablations, ignore_index=True) if ablations else pd.DataFrame()))
     put("leaderboard.csv", _csv(pd.concat(boards, ignore_index=True) if boards else pd.DataFrame()))
+    if report.references:
+        from hpcm_tune.analysis.references import reference_table
+
+        points, per_image = reference_table(report.references)
+        if not points.empty:
+            put("reference.csv", _csv(points))
+            put("reference_images.csv", _csv(per_image))
     if plots:
         from hpcm_tune.analysis import plots as figures  # matplotlib only when figures are wanted
 

@@ -53,6 +53,11 @@ BEST_PREFIX = "best "
 _TRAJECTORY_PREFIXES = tuple(
     name.split("/")[0] + "/" for name in (m.weight_name("x"), m.GAMMA[m.SCALES[0]], m.SCALE_CONTRIB[m.SCALES[0]])
 )
+# The collapse diagnostics (reported by newer engines; absent from older experiments, which then get no marks).
+COLLAPSE_METRICS = (m.EVAL_Y_SHARE, m.EVAL_FLAT_PSNR, m.EVAL_COLLAPSED, m.TRAIN_LAMBDA_EFF)
+COLLAPSED = "collapsed"  # 1.0 / 0.0 / NaN (unknown) per RD point
+DAGGER = "†"
+LAMBDA_EFF_RATIO = "lambda_eff/lambda"
 META_COLUMNS = ("experiment", "trial_id", STUDY, LABEL, "configuration", "status", "epochs_run", "epochs_planned",
                 "best_epoch", TIME_TOTAL, "error", "trial_dir")
 
@@ -67,6 +72,7 @@ class AnalysisOptions:
     include_partial: bool = False
     baseline: tuple[str, ...] = ()
     min_overlap: float = DEFAULT_MIN_OVERLAP
+    reference: bool = True  # reference codecs (JPEG, WebP, AVIF) on the evaluation images: curves, BD vs JPEG
 
     def __post_init__(self) -> None:
         if self.method not in BD_METHODS:
@@ -125,7 +131,7 @@ def trial_table(experiments: list[Experiment]) -> pd.DataFrame:
     eval metrics, task weights, scale contributions and gammas, and the eval metrics at its best epoch
     (columns ``"best <metric>"``; best in the sweep's metric and mode from hpcm_tune.json)."""
     records = []
-    eval_names = set(m.EVAL_METRICS)
+    eval_names = set(m.EVAL_METRICS) | set(COLLAPSE_METRICS)
     for exp in experiments:
         metric = exp.header.get("metric") or m.DEFAULT_METRIC
         mode = exp.header.get("mode") or m.DEFAULT_MODE
@@ -159,7 +165,7 @@ def _trial_row(exp: Experiment, trial: TrialRecord, metric: str, mode: str, eval
     best = _best_row(trial.rows, metric, mode)
     row["best_epoch"] = (best.get(m.EPOCH, best.get(ITERATION)) if best else None)
     if best:
-        for name in m.EVAL_METRICS:
+        for name in (*m.EVAL_METRICS, *COLLAPSE_METRICS):
             if finite(best.get(name)):
                 row[BEST_PREFIX + name] = float(best[name])
     return row
@@ -225,7 +231,8 @@ def curve_points(table: pd.DataFrame, options: AnalysisOptions) -> pd.DataFrame:
     """One row per trial usable as an RD point: finished trials (all with eval data if include_partial),
     with columns study, configuration, lmbda, seed, rate, psnr, ms_ssim_db, loss, status."""
     if table.empty or LMBDA not in table.columns:
-        return pd.DataFrame(columns=[STUDY, "configuration", LMBDA, SEED, "rate", "psnr", "ms_ssim_db", "loss"])
+        return pd.DataFrame(columns=[STUDY, "configuration", LMBDA, SEED, "rate", "psnr", "ms_ssim_db", "loss",
+                                     COLLAPSED])
     usable = table if options.include_partial else table[table["status"] == FINISHED]
     columns = {
         "rate": metric_column(RATES[options.rate], options),
@@ -242,12 +249,38 @@ def curve_points(table: pd.DataFrame, options: AnalysisOptions) -> pd.DataFrame:
         "status": usable["status"],
         **{k: pd.to_numeric(usable[c], errors="coerce") if c in usable.columns else np.nan
            for k, c in columns.items()},
+        COLLAPSED: collapse_flags(usable, options),
     })
     return out[out[LMBDA].notna() & out["rate"].notna() & out["psnr"].notna()].reset_index(drop=True)
 
 
+def collapse_flags(table: pd.DataFrame, options: AnalysisOptions) -> pd.Series:
+    """Per trial, at its RD point (final or best): 1.0 when collapsed, 0.0 when not, NaN when unknown (an
+    experiment written before the collapse metrics existed). eval/collapsed when reported, else
+    metrics.is_collapsed of the y share (eval/y_share, or from eval/bpp and eval/bpp_z), eval/psnr and
+    eval/flat_psnr."""
+    col = metric_column(m.EVAL_COLLAPSED, options)
+    flags = (pd.to_numeric(table[col], errors="coerce").astype(np.float64) if col in table.columns
+             else pd.Series(np.nan, index=table.index, dtype=np.float64))
+    names = [metric_column(n, options) for n in (m.EVAL_BPP, m.EVAL_BPP_Z, m.EVAL_PSNR, m.EVAL_FLAT_PSNR)]
+    missing = flags.isna()
+    if not missing.any() or any(c not in table.columns for c in names):
+        return flags
+    share_col = metric_column(m.EVAL_Y_SHARE, options)
+    flags = flags.copy()
+    for index in table.index[missing]:
+        bpp, bpp_z, psnr, flat = (table.at[index, c] for c in names)
+        share = table.at[index, share_col] if share_col in table.columns else math.nan
+        if not finite(share) and finite(bpp) and finite(bpp_z):
+            share = m.y_rate_share(float(bpp), float(bpp_z))
+        if finite(share) and finite(psnr) and finite(flat):
+            flags.at[index] = float(m.is_collapsed(float(share), float(psnr), float(flat)))
+    return flags
+
+
 def mean_curves(points: pd.DataFrame) -> pd.DataFrame:
-    """Per study, configuration and lambda: mean, std and count over seeds of rate, PSNR, MS-SSIM, loss."""
+    """Per study, configuration and lambda: mean, std and count over seeds of rate, PSNR, MS-SSIM, loss (and
+    the number of collapsed trials, when the experiment reports the collapse diagnostics)."""
     if points.empty:
         return pd.DataFrame(columns=[STUDY, "configuration", LMBDA, "n"])
     grouped = points.groupby([STUDY, "configuration", LMBDA], sort=True)
@@ -256,6 +289,8 @@ def mean_curves(points: pd.DataFrame) -> pd.DataFrame:
     std = grouped[values].std(ddof=1).add_suffix("_std")
     out = pd.concat([mean, std], axis=1)
     out["n"] = grouped.size()
+    if COLLAPSED in points.columns and points[COLLAPSED].notna().any():
+        out[COLLAPSED] = grouped[COLLAPSED].agg(lambda v: int((v == 1.0).sum()))
     return out.reset_index()
 
 
@@ -384,6 +419,8 @@ class StudyTables:
     leaderboard: pd.DataFrame
     footnotes: list[str] = field(default_factory=list)
     user_baseline_found: bool = False  # whether --baseline named a configuration of this study
+    reference: object | None = None  # analysis.references.StudyReference (None: --no-reference)
+    reference_notes: list[str] = field(default_factory=list)  # are these codecs? (plain sentences)
 
 
 _CURVE_COLUMNS = ("rate", "psnr", "ms_ssim_db")
@@ -443,16 +480,37 @@ def _fmt_signed(value: float, digits: int, std: float = math.nan) -> str:
     return f"{value:+.{digits}f}" + (f" ± {std:.{digits}f}" if finite(std) else "")
 
 
-def study_tables(table: pd.DataFrame, study: str, options: AnalysisOptions, header_baseline=None) -> StudyTables:
+def _collapse_note(points: pd.DataFrame) -> str:
+    left_out = int((points[COLLAPSED] == 1.0).sum())
+    return (f"{DAGGER} collapsed (hpcm_tune.metrics.is_collapsed, at the trial's RD point): y carries less than "
+            f"{m.COLLAPSE_Y_SHARE:.0%} of the estimated rate, or the PSNR is below the flat-colour reference (the "
+            f"images replaced by their mean colour). Collapsed trials are left out of every BD-rate: {left_out} of "
+            f"{len(points)} RD points of this study left out")
+
+
+def study_tables(table: pd.DataFrame, study: str, options: AnalysisOptions, header_baseline=None,
+                 reference=None) -> StudyTables:
+    """The ablation of one study. ``reference``: its analysis.references.StudyReference (adds the BD-rate vs
+    JPEG and the comparison with JPEG's points; None: no reference columns)."""
+    from hpcm_tune.analysis import references as refs
+
     part = table[table[STUDY] == study]
     notes = Footnotes()
     baseline, reason = choose_baseline(part, options, header_baseline)
     points = curve_points(part, options)
     lambdas = sorted(points[LMBDA].unique()) if not points.empty else []
     has_ms_ssim = bool(points["ms_ssim_db"].notna().any()) if not points.empty else False
-    mean_curves_ = {k[0]: v for k, v in _curves(points, ["configuration"]).items()}
+    # Collapse marks only when the experiment reports the diagnostics (older ones analyse as before).
+    has_collapse = bool(points[COLLAPSED].notna().any()) if not points.empty else False
+    is_collapsed = points[COLLAPSED] == 1.0 if not points.empty else pd.Series(dtype=bool)
+    bd_points = points[~is_collapsed] if has_collapse else points
+    all_collapsed = ({lb for lb, g in points.groupby("configuration") if (g[COLLAPSED] == 1.0).all()}
+                     if has_collapse else set())
+    collapse_note = _collapse_note(points) if has_collapse else ""
+    all_curves = {k[0]: v for k, v in _curves(points, ["configuration"]).items()}
+    mean_curves_ = {k[0]: v for k, v in _curves(bd_points, ["configuration"]).items()}
     seed_curves: dict[str, dict] = {}
-    for (label, seed), curve in _curves(points, ["configuration", SEED]).items():
+    for (label, seed), curve in _curves(bd_points, ["configuration", SEED]).items():
         seed_curves.setdefault(label, {})[seed] = curve
     anchor = mean_curves_.get(baseline)
     bd_columns = [c for c in _BD_COLUMNS if has_ms_ssim or c[0] != "ms_ssim_db"]
@@ -464,12 +522,20 @@ def study_tables(table: pd.DataFrame, study: str, options: AnalysisOptions, head
             base_noise[key] = (std, n)
     at_lambda = (points.groupby(["configuration", LMBDA])[["psnr", "rate"]].agg(["mean", "std", "count"])
                  if not points.empty else None)
+    collapsed_at = (points.assign(_c=is_collapsed).groupby(["configuration", LMBDA])["_c"].agg(["sum", "count"])
+                    if has_collapse else None)
     trials_by = dict(tuple(part.groupby("configuration", sort=False)))
+    lambda_eff = (pd.to_numeric(part[m.TRAIN_LAMBDA_EFF], errors="coerce") / pd.to_numeric(part[LMBDA], errors="coerce")
+                  if m.TRAIN_LAMBDA_EFF in part.columns and LMBDA in part.columns else None)
+    if lambda_eff is not None and not np.isfinite(lambda_eff.to_numpy(dtype=np.float64)).any():
+        lambda_eff = None
+    compared: dict[str, dict] = {}
 
     rows, display, per_lambda = [], [], []
     weight_cols = [c for c in part.columns if c.startswith(m.weight_name(""))]
     for label, trials in trials_by.items():
-        n_seeds = int(points.loc[points["configuration"] == label, SEED].nunique()) if label in mean_curves_ else 0
+        n_seeds = (int(bd_points.loc[bd_points["configuration"] == label, SEED].nunique())
+                   if label in mean_curves_ else 0)
         finished = trials["status"] == FINISHED
         num: dict = {"configuration": label, "baseline": label == baseline,
                      "trials": len(trials), "finished": int(finished.sum()),
@@ -478,8 +544,20 @@ def study_tables(table: pd.DataFrame, study: str, options: AnalysisOptions, head
                       "trials": f"{num['finished']}/{num['trials']}"}
         if DECOMPOSITION in trials.columns and (trials[DECOMPOSITION] == RATIO_DECOMPOSITION).any():
             disp["configuration"] += " " + notes.mark(RATIO_NOTE)
+        if has_collapse:
+            own = is_collapsed[points["configuration"] == label]
+            num[COLLAPSED], num["rd points"] = int(own.sum()), len(own)
+            disp[COLLAPSED] = f"{int(own.sum())}/{len(own)}"
+            if own.any():
+                disp["configuration"] += f" {DAGGER}"
+                disp[COLLAPSED] += " " + notes.mark(collapse_note)
         for quality, fn, key in bd_columns:
             digits = 3 if key == "BD-PSNR (dB)" else 2
+            if label in all_collapsed and not (label == baseline and anchor is not None):
+                num[key], num[key + " std"] = math.nan, math.nan
+                disp[key] = "n/a " + notes.mark(f"every RD point of this configuration collapsed ({DAGGER}): no BD "
+                                                f"value" + (", and it is the baseline" if label == baseline else ""))
+                continue
             if label == baseline:
                 num[key], num[key + " std"] = (0.0 if anchor is not None else math.nan), math.nan
                 disp[key] = "0 (anchor)" if anchor is not None else "n/a " + notes.mark(
@@ -489,6 +567,12 @@ def study_tables(table: pd.DataFrame, study: str, options: AnalysisOptions, head
                                        key, digits, options, notes, base_noise, seed_curves.get(baseline))
             num[key], num[key + " std"] = mean, std
             disp[key] = cell
+        if reference is not None:
+            value, disp[refs.BD_VS_ANCHOR] = _anchor_cell(reference, label, mean_curves_, all_collapsed, options,
+                                                          notes)
+            num[refs.BD_VS_ANCHOR] = value
+            compared[label] = refs.compare_points(reference, all_curves.get(label))
+            disp[refs.VS_ANCHOR] = refs.comparison_cell(compared[label]) or "n/a"
         lam_disp = {"configuration": disp["configuration"]}
         for lam in lambdas:
             have = at_lambda is not None and (label, lam) in at_lambda.index
@@ -501,6 +585,10 @@ def study_tables(table: pd.DataFrame, study: str, options: AnalysisOptions, head
                 continue
             lam_disp[f"lambda {lam:g}"] = (f"{_fmt(num[f'PSNR @{lam:g}'], 2, float(stats[('psnr', 'std')]))} dB / "
                                            f"{num[f'bpp @{lam:g}']:.4f}")
+            if collapsed_at is not None and (label, lam) in collapsed_at.index:
+                k, n = (int(v) for v in collapsed_at.loc[(label, lam)])
+                if k:
+                    lam_disp[f"lambda {lam:g}"] += f" {DAGGER}" + (f" {k}/{n}" if k < n else "")
         per_lambda.append(lam_disp)
         share = _rate_shares(trials, options)
         for scale, value in share.items():
@@ -509,6 +597,10 @@ def study_tables(table: pd.DataFrame, study: str, options: AnalysisOptions, head
                                            if all(finite(v) for v in share.values()) else "n/a " + notes.mark(
                                                "per-scale rates not reported"))
         done = trials[finished] if finished.any() else trials
+        if lambda_eff is not None:
+            value = float(lambda_eff.loc[done.index].mean())
+            num[LAMBDA_EFF_RATIO] = value
+            disp[LAMBDA_EFF_RATIO] = f"{value:.3g}" if finite(value) else ""
         for col in weight_cols:
             task = col.split("/", 1)[1]
             value = float(pd.to_numeric(done[col], errors="coerce").mean())
@@ -519,10 +611,32 @@ def study_tables(table: pd.DataFrame, study: str, options: AnalysisOptions, head
     ablation = pd.DataFrame(rows)
     disp_df = pd.DataFrame(display).fillna("")
     lambda_df = pd.DataFrame(per_lambda).fillna("")
+    verdict = (refs.verdict(reference, compared, [lb for lb in trials_by if (is_collapsed[points["configuration"]
+                                                                                          == lb]).any()])
+               if reference is not None else [])
     return StudyTables(study=study, baseline=baseline, baseline_reason=reason, ablation=ablation,
                        display=disp_df, per_lambda=lambda_df, leaderboard=leaderboard(part, options),
                        footnotes=notes.texts,
-                       user_baseline_found=bool(options.baseline and match_baseline(part, options.baseline)))
+                       user_baseline_found=bool(options.baseline and match_baseline(part, options.baseline)),
+                       reference=reference, reference_notes=verdict)
+
+
+def _anchor_cell(reference, label: str, curves: dict, all_collapsed: set, options: AnalysisOptions,
+                 notes: Footnotes) -> tuple[float, str]:
+    """(BD-rate vs JPEG of the configuration's mean curve, collapsed trials left out; its cell)."""
+    from hpcm_tune.analysis import references as refs
+
+    if reference.anchor_curve is None:
+        why = reference.error or "JPEG not available in this Pillow build"
+        return math.nan, "n/a " + notes.mark(f"no reference codec points: {why}")
+    if label in all_collapsed:
+        return math.nan, "n/a " + notes.mark(f"every RD point of this configuration collapsed ({DAGGER}): no BD "
+                                             "value")
+    value, note, unavailable = refs.bd_vs_anchor(reference, curves.get(label), options)
+    if unavailable:
+        why = note or ("no finished trial" if not options.include_partial else "no trial with eval results")
+        return math.nan, "n/a " + notes.mark(why)
+    return value, _fmt_signed(value, 2) + (" " + notes.mark(note) if note else "")
 
 
 _BD_COLUMNS = (
@@ -587,7 +701,8 @@ LEADERBOARD_COLUMNS = [LMBDA, "rank", "configuration", "loss", "psnr", "bpp", "n
 
 def leaderboard(part: pd.DataFrame, options: AnalysisOptions) -> pd.DataFrame:
     """Per lambda, the configurations ranked by eval R-D loss (lower is better; PSNR when no loss): mean
-    over the finished trials, or over the others (noted) when none finished."""
+    over the finished trials, or over the others (noted) when none finished. With the collapse diagnostics the
+    note counts collapsed trials; with train/lambda_eff a ``lambda_eff`` column (mean) follows ``bpp``."""
     if LMBDA not in part.columns or part.empty:
         return pd.DataFrame(columns=LEADERBOARD_COLUMNS)
     names = {"loss": m.EVAL_LOSS, "psnr": m.EVAL_PSNR, "bpp": RATES[options.rate]}
@@ -597,12 +712,18 @@ def leaderboard(part: pd.DataFrame, options: AnalysisOptions) -> pd.DataFrame:
         **{k: (pd.to_numeric(part[metric_column(c, options)], errors="coerce")
                if metric_column(c, options) in part.columns else np.nan) for k, c in names.items()},
     })
+    frame[COLLAPSED] = collapse_flags(part, options)
+    has_collapse = bool(frame[COLLAPSED].notna().any())
+    frame["lambda_eff"] = (pd.to_numeric(part[m.TRAIN_LAMBDA_EFF], errors="coerce")
+                           if m.TRAIN_LAMBDA_EFF in part.columns else np.nan)
+    has_lambda_eff = bool(frame["lambda_eff"].notna().any())
     frame = frame[frame[LMBDA].notna()]
     keys = [LMBDA, "configuration"]
     has_finished = frame.groupby(keys)["finished"].transform("any")
     use = frame[frame["finished"] | ~has_finished]
-    board = use.groupby(keys, sort=True)[list(names)].mean()
+    board = use.groupby(keys, sort=True)[[*names, "lambda_eff"]].mean()
     board["n"] = use.groupby(keys, sort=True).size()
+    board["_collapsed"] = use.groupby(keys, sort=True)[COLLAPSED].agg(lambda v: int((v == 1.0).sum()))
     board = board.reset_index()
     unfinished = frame[~has_finished]
     notes = {}
@@ -614,13 +735,21 @@ def leaderboard(part: pd.DataFrame, options: AnalysisOptions) -> pd.DataFrame:
                      for k in zip(board[LMBDA], board["configuration"], strict=True)]
     empty = board[list(names)].isna().all(axis=1)
     board.loc[empty & (board["note"] == ""), "note"] = "no eval results"
+    if has_collapse:
+        marks = [f"collapsed {k}/{n} {DAGGER}" if k else "" for k, n in zip(board["_collapsed"], board["n"],
+                                                                           strict=True)]
+        board["note"] = ["; ".join(t for t in (note, mark) if t) for note, mark in zip(board["note"], marks,
+                                                                                      strict=True)]
+    columns = LEADERBOARD_COLUMNS
+    if has_lambda_eff:
+        columns = [*LEADERBOARD_COLUMNS[:6], "lambda_eff", *LEADERBOARD_COLUMNS[6:]]
     if board.empty:
-        return pd.DataFrame(columns=LEADERBOARD_COLUMNS)
+        return pd.DataFrame(columns=columns)
     by_loss = bool(board["loss"].notna().any())
     board = board.sort_values([LMBDA, "loss" if by_loss else "psnr"], ascending=[True, by_loss],
                               na_position="last", kind="stable")
     board.insert(1, "rank", board.groupby(LMBDA).cumcount() + 1)
-    return board[LEADERBOARD_COLUMNS].reset_index(drop=True)
+    return board[columns].reset_index(drop=True)
 
 
 def status_counts(table: pd.DataFrame) -> pd.DataFrame:

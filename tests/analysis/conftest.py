@@ -39,3 +39,22 @@ def trial():
 @pytest.fixture
 def scale_weight_trials():
     return _scale_weight_trials
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _reference_cache(tmp_path_factory):
+    """Reference codec points go to a per-session cache (never ~/.cache); computed once for the whole session."""
+    import os
+
+    from hpcm_tune.reference import CACHE_ENV, reference_points
+
+    old = os.environ.get(CACHE_ENV)
+    os.environ[CACHE_ENV] = str(tmp_path_factory.mktemp("hpcm_tune_cache"))
+    # The synthetic experiments name no data, so they were evaluated on the default 'samples': warm the cache
+    # once here (a few seconds), as a real user's cache is after the first analysis.
+    reference_points()
+    yield os.environ[CACHE_ENV]
+    if old is None:
+        os.environ.pop(CACHE_ENV, None)
+    else:
+        os.environ[CACHE_ENV] = old
