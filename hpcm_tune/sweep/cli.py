@@ -99,7 +99,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--delete-stopped-checkpoints", action="store_true", default=None,
                    help="delete the checkpoints of trials stopped early, at the end of the sweep")
     p.add_argument("--set", type=_assignment, action="append", default=[], metavar="KEY=VALUE",
-                   help="set a fixed config key, e.g. --set preset=base --set steps_per_epoch=500 (repeatable)")
+                   help="set a fixed config key, e.g. --set preset=base --set steps_per_epoch=500, or a key of "
+                        "the parent section, e.g. --set parent.epochs=60 (repeatable)")
     p.add_argument("--wandb", action="store_true",
                    help="log every trial to Weights & Biases (one run per trial, grouped by sweep); offline when "
                         "no API key is configured (then `wandb sync` the runs later)")
@@ -135,13 +136,18 @@ def space_from_args(args: argparse.Namespace) -> SearchSpace:
 
     space = load_space(resolve_space_path(args.space))
     if args.set:
-        fixed = dict(space.fixed)
+        fixed, parent = dict(space.fixed), dict(space.parent)
         for key, value in args.set:
+            if key.startswith("parent."):  # --set parent.epochs=60: a key of the parent section
+                if not space.parent:
+                    raise SpaceError("command line", f"--set {key}", value, f"{space.source} has no parent section")
+                parent[key.removeprefix("parent.")] = value
+                continue
             if key in space.params:
                 raise SpaceError("command line", f"--set {key}", value, f"{key} is searched in {space.source}")
             fixed[key] = value
         try:
-            space = dataclasses.replace(space, fixed=fixed)
+            space = dataclasses.replace(space, fixed=fixed, parent=parent)
         except SpaceError as exc:
             raise SpaceError("command line (--set)", exc.key, exc.value, exc.allowed) from None
     try:
@@ -156,6 +162,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     from hpcm_tune.sweep.launcher import SweepOptions, format_summary, resume_sweep, run_sweep
+    from hpcm_tune.sweep.parents import ParentError
 
     if (args.retry_errored or args.restart_errored) and not args.resume:
         parser.error("--retry-errored/--restart-errored need --resume EXPERIMENT")
@@ -173,10 +180,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             space = space_from_args(args)
             if args.dry_run:
+                from hpcm_tune.sweep.launcher import storage_root
+                from hpcm_tune.sweep.parents import check_init_from, plan_parents, status
                 from hpcm_tune.sweep.space import trial_configs
 
+                check_init_from(space)
                 print(f"{space.source}: {space.study}, {space.total_trials()} trials, scheduler {space.scheduler}, "
                       f"searcher {space.searcher}, metric {space.metric} ({space.mode}), epochs {space.max_epochs}")
+                parents = plan_parents(space, storage_root(args.storage))
+                if parents:
+                    print(f"{len(parents)} parent(s), trained before the trials and cached under "
+                          f"{storage_root(args.storage)}/parents:")
+                    for parent in parents:
+                        print(f"   {parent.name}: {status(parent)}; {parent.epochs} epochs, objective "
+                              f"{parent.config['objective']}, lr {parent.config['lr']:g}")
+                print("trial configs:")
                 for cfg in trial_configs(space):
                     print("  ", cfg)
                 return 0
@@ -184,6 +202,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (SpaceError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except ParentError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     except Exception as exc:
         from ray.tune import TuneError
 

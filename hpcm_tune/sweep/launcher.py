@@ -205,8 +205,9 @@ def trial_dirname(trial: Any) -> str:
 
 
 def run_sweep(space: SearchSpace, opts: SweepOptions) -> dict[str, Any]:
-    """Start a new sweep; refuses an existing experiment name (use --resume or a new --name)."""
-    from ray import tune
+    """Start a new sweep; refuses an existing experiment name (use --resume or a new --name). With a parent
+    section, the parents are trained (or taken from the cache) first, as their own stage."""
+    from hpcm_tune.sweep.parents import check_init_from, plan_parents
 
     name = opts.name or default_name(space)
     storage = storage_root(opts.storage)
@@ -215,12 +216,28 @@ def run_sweep(space: SearchSpace, opts: SweepOptions) -> dict[str, Any]:
         raise SpaceError("command line", "--name", name,
                          f"an experiment already exists at {path}; continue it with --resume {name} "
                          f"(same --storage) or choose a new --name")
-    write_json(join(path, META_FILE), experiment_meta(space, opts, name))
+    check_init_from(space)
+    parents = plan_parents(space, storage)
+    meta = experiment_meta(space, opts, name)
+    meta["parents"] = [p.to_json() for p in parents]
+    write_json(join(path, META_FILE), meta)
     init_ray(opts.address, opts.num_cpus)
+    return _fit_new(space, opts, name, storage, parents)
+
+
+def _fit_new(space: SearchSpace, opts: SweepOptions, name: str, storage: str, parents: list[Any]) -> dict[str, Any]:
+    """The parent stage (if any), then a fresh Tuner under ``name``."""
+    from ray import tune
+
+    from hpcm_tune.sweep.parents import ensure_parents, with_parents
+
+    parent_rows = ensure_parents(parents) if parents else []
+    space = with_parents(space, parents)
     trainable, param_space, (tune_config, run_config) = _build(space, opts, name, storage)
     tuner = tune.Tuner(trainable, param_space=param_space, tune_config=tune_config, run_config=run_config)
     results = tuner.fit()
-    return finish(results, space, path, tuner_scheduler(tune_config), top=opts.top)
+    return finish(results, space, join(storage, name), tuner_scheduler(tune_config), top=opts.top,
+                  parents=parent_rows)
 
 
 def tuner_scheduler(tune_config: Any) -> Any:
@@ -247,12 +264,20 @@ def resume_sweep(experiment: str, opts: SweepOptions) -> dict[str, Any]:
         raise SpaceError("command line", "--resume", experiment,
                          f"no hpcm-tune experiment at {path} (missing {META_FILE})")
     meta = read_json(join(path, META_FILE))
+    from hpcm_tune.sweep.parents import Parent, ensure_parents, with_parents
+
+    parents = [Parent.from_json(p) for p in meta.get("parents", [])]
     init_ray(opts.address, opts.num_cpus)
     if not tune.Tuner.can_restore(path):
+        if parents:  # killed during the parent stage: finish it, then start the trials
+            name = path.rstrip("/").rsplit("/", 1)[-1]
+            storage = path.rstrip("/")[: -len(name) - 1]
+            return _fit_new(space_from_meta(meta), opts, name, storage, parents)
         raise SpaceError("command line", "--resume", experiment,
                          f"{path} has no Tune experiment state to resume (was the driver killed before the "
                          f"first snapshot?); start a new sweep with a new --name")
-    space = space_from_meta(meta)
+    parent_rows = ensure_parents(parents) if parents else []  # a trial restarted from scratch needs its parent
+    space = with_parents(space_from_meta(meta), parents)
     engine = meta.get("engine", opts.engine)
     trainable = tune.with_resources(make_trainable(engine, meta["metric"]),
                                     {"cpu": meta["resources"]["cpus"], "gpu": meta["resources"]["gpus"]})
@@ -262,7 +287,7 @@ def resume_sweep(experiment: str, opts: SweepOptions) -> dict[str, Any]:
     write_json(join(path, META_FILE), meta)
     results = tuner.fit()
     scheduler = tuner._local_tuner._tune_config.scheduler if hasattr(tuner, "_local_tuner") else None
-    return finish(results, space, path, scheduler, top=opts.top)
+    return finish(results, space, path, scheduler, top=opts.top, parents=parent_rows)
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -283,6 +308,8 @@ def _rows(results: Any, space: SearchSpace) -> list[dict[str, Any]]:
             "seed": cfg.get("seed"),
             "epochs": m.get(metrics.EPOCH),
             space.metric: m.get(space.metric),
+            "collapsed": m.get(metrics.EVAL_COLLAPSED),
+            "lambda_eff": m.get(metrics.TRAIN_LAMBDA_EFF),
             "params": {k: cfg.get(k) for k in space.params if k in cfg},
             "error": None if r.error is None else f"{type(r.error).__name__}: {_first_line(r.error)}",
         })
@@ -310,8 +337,9 @@ def best_per_lambda(rows: list[dict[str, Any]], space: SearchSpace, top: int) ->
 
 
 def finish(results: Any, space: SearchSpace, path: str, scheduler: Any, top: int = 3,
-           delete_stopped: bool | None = None) -> dict[str, Any]:
+           delete_stopped: bool | None = None, parents: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     rows = _rows(results, space)
+    collapsed = [r for r in rows if r["error"] is None and r["collapsed"] == 1.0]
     stopped = [r for r in rows if r["error"] is None and (r["epochs"] or 0) < space.max_epochs]
     errored = [r for r in rows if r["error"] is not None]
     delete = space.delete_stopped_checkpoints if delete_stopped is None else delete_stopped
@@ -331,6 +359,8 @@ def finish(results: Any, space: SearchSpace, path: str, scheduler: Any, top: int
         "stopped_early": [{k: r[k] for k in ("trial", "label", LAMBDA_KEY, "epochs", space.metric)} for r in stopped],
         "errored": [{k: r[k] for k in ("trial", "label", LAMBDA_KEY, "epochs", "error")} for r in errored],
         "best": best_per_lambda(rows, space, top),
+        "collapsed": [{k: r[k] for k in ("trial", "label", LAMBDA_KEY, "epochs", "lambda_eff")} for r in collapsed],
+        "parents": list(parents or []),
         "epochs_run": sum(r["epochs"] or 0 for r in rows),
         "checkpoints_deleted": deleted,
         "scheduler_state": scheduler.state_dict() if hasattr(scheduler, "state_dict") else None,
@@ -345,6 +375,22 @@ def format_summary(summary: Mapping[str, Any]) -> str:
     lines = [f"Sweep finished: {summary['trials']} trials, {summary['finished']} ran all {summary['max_epochs']} "
              f"epochs, {len(summary['stopped_early'])} stopped early, {len(summary['errored'])} errored; "
              f"{summary['epochs_run']} epochs in all."]
+    for p in summary.get("parents", []):
+        point = "" if p.get("psnr") is None else (f": {p['psnr']:.2f} dB at {p['bpp']:.4f} bpp, lambda*D "
+                                                  f"{p['lambda_d']:.3g}")
+        lines.append(f"Parent {p['name']} ({'cached' if p['cached'] else 'trained now'}, {p['epochs']} epochs, "
+                     f"{p['steps']} steps){point}")
+    collapsed = summary.get("collapsed", [])
+    if collapsed:
+        lines.append(f"\nCollapsed: {len(collapsed)} of {summary['trials']} trials (y carries under "
+                     f"{metrics.COLLAPSE_Y_SHARE:.0%} of the rate, or the PSNR is below the flat-colour reference "
+                     f"of the evaluation images); their ranking says nothing about the settings:")
+        for r in collapsed:
+            lam_eff = r.get("lambda_eff")
+            extra = f", lambda_eff {lam_eff:.3g}" if isinstance(lam_eff, int | float) else ""
+            lines.append(f"  {r['trial']} (lambda {r[LAMBDA_KEY]}, label {r['label']}, epoch {r['epochs']}{extra})")
+    elif summary.get("trials"):
+        lines.append("No trial collapsed.")
     for lam, best in summary["best"].items():
         lines.append(f"\nBest at lambda = {lam} ({metric}, {summary['mode']}; full-budget trials first):")
         lines.append(f"  {'trial':<28} {'label':<18} {'epochs':>6} {metric:>12}  params")

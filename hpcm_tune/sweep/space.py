@@ -12,6 +12,7 @@ This module is plain Python (no Ray): the translation to Ray Tune and Optuna liv
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import numbers
 from collections.abc import Mapping
@@ -44,8 +45,15 @@ EPOCHS_KEY = "epochs"
 TOP_LEVEL_KEYS: frozenset[str] = frozenset({
     "study", "description", "metric", "mode", "samples", "repeats", "max_concurrent", "max_failures",
     "checkpoints_to_keep", "delete_stopped_checkpoints", "resources", "scheduler", "searcher", "fixed", "params",
-    "configurations",
+    "configurations", "parent",
 })
+# Pretrain once, fine-tune many: a `parent` section describes the run every trial starts from. One parent is
+# trained per distinct value of these keys (a parent must match its trials in them), taken from each trial.
+PARENT_MATCH_KEYS: tuple[str, ...] = (LAMBDA_KEY, "preset", "distortion")
+PARENT_LABEL = "parent"
+# The fixed key that carries the sweep's parents to the trials: JSON {parent_key: parent directory}.
+PARENTS_KEY = f"{INTERNAL_PREFIX}parents"
+INIT_FROM_KEY = "init_from"
 SCHEDULER_NAMES: tuple[str, ...] = ("asha", "fifo", "pbt")
 SEARCHER_NAMES: tuple[str, ...] = ("optuna", "random", "grid")
 # Options each scheduler/searcher accepts in the file (values checked in validate()).
@@ -333,6 +341,8 @@ class SearchSpace:
     searcher: str = "optuna"
     searcher_options: dict[str, Any] = field(default_factory=dict)
     seed: int = 0
+    parent: dict[str, Any] = field(default_factory=dict)
+    parent_resources: dict[str, Any] = field(default_factory=dict)
     raw: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -490,12 +500,83 @@ def validate(space: SearchSpace) -> None:
                          "must be 0, a fraction in (0, 1] (trials share a GPU) or a whole number of GPUs")
     _validate_scheduler(space)
     _validate_searcher(space)
+    _validate_parent(space)
     check_with_run_config(space)
 
 
+def _validate_parent(space: SearchSpace) -> None:
+    src, parent = space.source, space.parent
+    if not parent:
+        return
+    known = known_config_keys()
+    for key, value in parent.items():
+        where = f"parent.{key}"
+        if key in RESERVED_KEYS or key not in known:
+            allowed = ", ".join(sorted(known - RESERVED_KEYS))
+            raise SpaceError(src, where, value, f"unknown config key; allowed: {allowed} (and resources)")
+        if key in space.params:
+            raise SpaceError(src, where, value, f"{key} is searched in params; a parent is shared by the trials, so "
+                             f"it cannot set a searched key")
+        if key in PARENT_MATCH_KEYS:
+            raise SpaceError(src, where, value, f"taken from each trial: a parent matches its trials in "
+                             f"{', '.join(PARENT_MATCH_KEYS)}")
+        _check_value(src, key, value)
+    if INIT_FROM_KEY in space.fixed or any(INIT_FROM_KEY in c for c in space.configurations.values()):
+        raise SpaceError(src, f"fixed.{INIT_FROM_KEY}", space.fixed.get(INIT_FROM_KEY),
+                         "the trials start from the parent; set init_from in 'parent' to warm-start the parent")
+    for key in PARENT_MATCH_KEYS:
+        dom = space.params.get(key)
+        if dom is not None and not (dom.is_grid() or (space.searcher == "grid" and isinstance(dom, Choice))):
+            raise SpaceError(src, f"params.{key}.type", dom.kind,
+                             f"one parent is trained per value of {key}: make it fixed, a grid, a choice under "
+                             f"searcher grid, or set it in configurations")
+    for k, v in space.parent_resources.items():
+        if k not in RESOURCE_KEYS or not _is_number(v) or v < 0 or (k == "cpus" and v <= 0):
+            raise SpaceError(src, f"parent.resources.{k}", v,
+                             f"allowed: {', '.join(sorted(RESOURCE_KEYS))}, numbers (cpus > 0, gpus >= 0)")
+
+
+def parent_key(config: Mapping[str, Any]) -> str:
+    """The parent a flat trial config starts from: JSON of its PARENT_MATCH_KEYS values (defaults filled in,
+    lambda as a float), the same string in the driver and in the trial."""
+    from hpcm_tune.config import flat_defaults
+
+    defaults = flat_defaults()
+    values = []
+    for key in PARENT_MATCH_KEYS:
+        value = config.get(key, defaults[key])
+        values.append(float(value) if key == LAMBDA_KEY else str(value))
+    return json.dumps(values)
+
+
+def parent_configs(space: SearchSpace) -> dict[str, dict[str, Any]]:
+    """One flat parent config per distinct parent key of the sweep's trials: the sweep's fixed keys, the
+    trial's match keys, then the parent section (seed: the parent's or the sweep's first)."""
+    if not space.parent:
+        return {}
+    base = {k: v for k, v in space.fixed.items() if not str(k).startswith(INTERNAL_PREFIX)}
+    out: dict[str, dict[str, Any]] = {}
+    for cfg in trial_configs(space):
+        key = parent_key(cfg)
+        if key not in out:
+            match = {k: cfg[k] for k in PARENT_MATCH_KEYS if k in cfg}
+            out[key] = {**base, **match, SEED_KEY: space.seed, **space.parent, "study": space.study,
+                        "label": PARENT_LABEL}
+    return out
+
+
 def training_config(config: Mapping[str, Any]) -> dict[str, Any]:
-    """The flat config the engine gets: the trial config without search internals and test hooks ('_...')."""
-    return {k: v for k, v in config.items() if not str(k).startswith(INTERNAL_PREFIX)}
+    """The flat config the engine gets: the trial config without search internals and test hooks ('_...'),
+    with ``init_from`` set to the trial's parent when the sweep has parents."""
+    out = {k: v for k, v in config.items() if not str(k).startswith(INTERNAL_PREFIX)}
+    table = config.get(PARENTS_KEY)
+    if table:
+        parents = json.loads(table)
+        key = parent_key(out)
+        if key not in parents:
+            raise ValueError(f"{PARENTS_KEY}: no parent for {key} (the sweep's parents: {', '.join(parents)})")
+        out[INIT_FROM_KEY] = parents[key]
+    return out
 
 
 def check_with_run_config(space: SearchSpace) -> None:
@@ -511,6 +592,12 @@ def check_with_run_config(space: SearchSpace) -> None:
         except ValueError as exc:
             raise SpaceError(space.source, f"trial config (label {cfg.get('label')!r})",
                              {k: v for k, v in cfg.items() if k in space.params or k == LAMBDA_KEY},
+                             f"rejected by RunConfig: {exc}") from None
+    for key, cfg in parent_configs(space).items():
+        try:
+            RunConfig.from_dict(cfg)
+        except ValueError as exc:
+            raise SpaceError(space.source, "parent", f"the parent for {PARENT_MATCH_KEYS} = {key}",
                              f"rejected by RunConfig: {exc}") from None
 
 
@@ -633,6 +720,8 @@ def parse_space(data: Any, source: str = "<string>") -> SearchSpace:
     for k in resources:
         if k not in RESOURCE_KEYS:
             raise SpaceError(source, f"resources.{k}", resources[k], f"allowed: {', '.join(sorted(RESOURCE_KEYS))}")
+    parent = _mapping(source, "parent", data.get("parent"))
+    parent_resources = _mapping(source, "parent.resources", parent.pop("resources", None))
     scheduler, scheduler_options = _named(source, "scheduler", data.get("scheduler", "asha"), SCHEDULER_NAMES)
     searcher, searcher_options = _named(source, "searcher", data.get("searcher", "optuna"), SEARCHER_NAMES)
     seed = fixed.pop(SEED_KEY, 0)
@@ -654,6 +743,8 @@ def parse_space(data: Any, source: str = "<string>") -> SearchSpace:
         searcher=searcher,
         searcher_options=searcher_options,
         seed=seed,
+        parent=parent,
+        parent_resources=parent_resources,
         raw=_jsonable(dict(data)),
         **kwargs,
     )

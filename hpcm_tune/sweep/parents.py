@@ -1,0 +1,352 @@
+"""Parents: pretrain once, fine-tune many.
+
+A search space's ``parent`` section describes the run every trial starts from (typically the standard R-D loss
+for more epochs at a higher lr). Fine-tuning from it puts the balanced objectives where lambda*D is near 1 and
+their effective lambda near lambda (docs/architecture.md, "The effective lambda"); trained from scratch at small
+budgets they collapse.
+
+``plan_parents`` gives one ``Parent`` per distinct value of the match keys (space.PARENT_MATCH_KEYS: lambda,
+preset, distortion) of the sweep's trials. Each is cached under ``<storage>/parents/<name>/`` by a digest of
+its resolved config and the model's architecture fingerprint, so every later sweep that asks for the same
+parent (on this machine or on a cluster's shared storage) reuses it. The directory is a run directory as
+``hpcm-train --out`` writes it (``params.json``, ``result.json``, ``checkpoints/``) plus ``parent.json``,
+written last: a parent without it is unfinished, and continues from its checkpoints the next time it is
+asked for (an interrupted parent stage resumes with the sweep). A cached parent whose marker, digest or
+checkpoint does not check out is retrained, never used.
+
+Parents train as Ray tasks with the parent's resources (``parent: {resources: {cpus, gpus}}``, default the
+trials'), so on a cluster they run where GPUs are; each prints one line per epoch.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import shutil
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from hpcm_tune import metrics
+from hpcm_tune.sweep.space import LAMBDA_KEY, PARENTS_KEY, SearchSpace, parent_configs
+
+PARENTS_DIR = "parents"
+DONE_FILE = "parent.json"
+PARAMS_FILE = "params.json"
+RESULT_FILE = "result.json"
+# Keys that do not change what a parent learns (labels, loader processes, which device).
+NON_SEMANTIC_KEYS: frozenset[str] = frozenset({"study", "label", "num_workers", "device"})
+
+
+@functools.cache
+def model_fingerprint(preset: str) -> str:
+    """The architecture fingerprint (hpcm_tune.checkpoint.architecture_fingerprint) of a preset's model."""
+    import torch
+
+    from hpcm_tune.checkpoint import architecture_fingerprint
+    from hpcm_tune.models import build_model
+
+    try:
+        with torch.device("meta"):  # shapes only: no memory, no initialisation
+            model = build_model(preset)
+    except Exception:
+        model = build_model(preset)
+    return architecture_fingerprint(model.state_dict())
+
+
+def resolved_config(config: Mapping[str, Any]) -> dict[str, Any]:
+    """The flat config with every default filled in (RunConfig's view of it)."""
+    from hpcm_tune.config import RunConfig
+
+    return RunConfig.from_dict(dict(config)).to_dict()
+
+
+def parent_digest(config: Mapping[str, Any], fingerprint: str) -> str:
+    """12 hex digits of the resolved config (NON_SEMANTIC_KEYS left out) and the architecture fingerprint."""
+    semantic = {k: v for k, v in resolved_config(config).items() if k not in NON_SEMANTIC_KEYS}
+    text = json.dumps({"config": semantic, "architecture": fingerprint}, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+@dataclass(frozen=True)
+class Parent:
+    """One parent: its match key, flat config, where it lives and how it trains."""
+
+    key: str
+    config: dict[str, Any]
+    fingerprint: str
+    digest: str
+    path: str
+    cpus: float = 1.0
+    gpus: float = 0.0
+
+    @property
+    def name(self) -> str:
+        return Path(self.path).name
+
+    @property
+    def epochs(self) -> int:
+        return int(resolved_config(self.config)["epochs"])
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Parent:
+        return cls(**dict(data))
+
+
+def plan_parents(space: SearchSpace, storage: str) -> list[Parent]:
+    """The parents a sweep needs, at their cache paths under ``storage`` (a local path or a URI)."""
+    from hpcm_tune.sweep.launcher import join
+
+    out = []
+    for key, config in parent_configs(space).items():
+        full = resolved_config(config)
+        fingerprint = model_fingerprint(full["preset"])
+        digest = parent_digest(full, fingerprint)
+        name = f"{full['preset']}-lmbda{full[LAMBDA_KEY]:g}-{full['distortion']}-{digest}"
+        out.append(Parent(key=key, config=full, fingerprint=fingerprint, digest=digest,
+                          path=join(storage, PARENTS_DIR, name),
+                          cpus=float(space.parent_resources.get("cpus", space.cpus)),
+                          gpus=float(space.parent_resources.get("gpus", space.gpus))))
+    return out
+
+
+def with_parents(space: SearchSpace, parents: Sequence[Parent]) -> SearchSpace:
+    """The space whose trials start from their parents (the table travels in the fixed key PARENTS_KEY)."""
+    import dataclasses
+
+    if not parents:
+        return space
+    table = json.dumps({p.key: p.path for p in parents}, sort_keys=True)
+    return dataclasses.replace(space, fixed={**space.fixed, PARENTS_KEY: table})
+
+
+class ParentError(RuntimeError):
+    """A parent could not be trained; the sweep's trials were not started."""
+
+
+def check_init_from(space: SearchSpace) -> None:
+    """Every ``init_from`` the space names (in fixed, configurations or the parent section) exists, holds a
+    readable checkpoint, and is of the run's preset and architecture: a SpaceError naming the file and key
+    otherwise, before Ray starts."""
+    from hpcm_tune.checkpoint import CheckpointError, load_model_weights
+    from hpcm_tune.sweep.space import INIT_FROM_KEY, SpaceError, trial_configs
+
+    places = [(f"parent.{INIT_FROM_KEY}", cfg) for cfg in parent_configs(space).values()]
+    if not space.parent:
+        places += [(f"fixed.{INIT_FROM_KEY}" if INIT_FROM_KEY in space.fixed else
+                    f"configurations.{cfg.get('label')}.{INIT_FROM_KEY}", cfg) for cfg in trial_configs(space)]
+    seen = set()
+    for where, cfg in places:
+        source = cfg.get(INIT_FROM_KEY)
+        if source is None:
+            continue
+        preset = resolved_config({k: v for k, v in cfg.items() if not str(k).startswith("_")})["preset"]
+        if (source, preset) in seen:
+            continue
+        seen.add((source, preset))
+        try:
+            load_model_weights(source, preset, model_fingerprint(preset))
+        except CheckpointError as error:
+            raise SpaceError(space.source, where, source, str(error)) from None
+
+
+# ------------------------------------------------------------------------------------------------------------
+# State of a cached parent.
+
+
+def _local(path: str) -> Path | None:
+    return None if "://" in path else Path(path)
+
+
+def read_done(parent: Parent) -> dict[str, Any] | None:
+    """The parent's finished marker, or None when it has none or it cannot be read."""
+    from hpcm_tune.sweep.launcher import exists, join, read_json
+
+    marker = join(parent.path, DONE_FILE)
+    if not exists(marker):
+        return None
+    try:
+        return read_json(marker)
+    except Exception:
+        return {}
+
+
+def status(parent: Parent) -> str:
+    """'cached', 'partial (epoch k of n)', 'missing' or 'corrupt: why' (cheap: no checkpoint is loaded)."""
+    from hpcm_tune.checkpoint import list_checkpoints
+
+    done = read_done(parent)
+    if done is not None:
+        if done.get("digest") != parent.digest or done.get("fingerprint") != parent.fingerprint:
+            return "corrupt: its marker does not match this config"
+        return "cached"
+    local = _local(parent.path)
+    if local is not None:
+        found = list_checkpoints(local / "checkpoints")
+        if found:
+            return f"partial (epoch {int(found[-1].name.split('_')[1])} of {parent.epochs})"
+    return "missing"
+
+
+def verify(parent: Parent) -> str | None:
+    """Why the cached parent cannot be used (None: it can): a marker that does not match, or a final
+    checkpoint that cannot be read, is of another architecture, or is not at the last epoch."""
+    from hpcm_tune.checkpoint import CheckpointError, load_model_weights, read_state
+
+    done = read_done(parent)
+    if done is None:
+        return "no finished marker"
+    if done.get("digest") != parent.digest or done.get("fingerprint") != parent.fingerprint:
+        return f"{DONE_FILE} does not match this parent's config"
+    local = _local(parent.path)
+    if local is None:
+        return None  # object storage: trials load it themselves and fail loudly if it is damaged
+    try:
+        _, used = load_model_weights(local, parent.config["preset"], parent.fingerprint)
+        epoch = int(read_state(used)["epoch"])
+    except (CheckpointError, OSError, KeyError, ValueError) as error:
+        return f"its checkpoint is unusable: {error}"
+    if epoch != parent.epochs:
+        return f"its newest readable checkpoint is at epoch {epoch}, not {parent.epochs}"
+    return None
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Training.
+
+
+def _print(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+def train_parent(parent: Parent) -> dict[str, Any]:
+    """Train (or continue) one parent in this process and write its marker; returns the marker's content."""
+    import torch
+
+    from hpcm_tune.checkpoint import list_checkpoints
+    from hpcm_tune.config import RunConfig
+    from hpcm_tune.engine import Engine
+
+    torch.set_num_threads(max(1, int(parent.cpus)))
+    local = _local(parent.path)
+    if local is None:
+        raise ValueError(f"parents on object storage ({parent.path}) are not supported yet: use a local or "
+                         f"shared-file-system --storage for sweeps with a parent section")
+    local.mkdir(parents=True, exist_ok=True)
+    (local / PARAMS_FILE).write_text(json.dumps(parent.config, indent=2) + "\n")
+    engine = Engine(RunConfig.from_dict(parent.config), workdir=local, keep_checkpoints=2)
+    results = local / RESULT_FILE
+    if list_checkpoints(local / "checkpoints"):
+        used = engine.restore(local / "checkpoints")
+        _print(f"[parent {parent.name}] continuing from {used.name}")
+    kept = []
+    if results.is_file():
+        for line in results.read_text().splitlines():
+            try:
+                if line.strip() and json.loads(line).get(metrics.EPOCH, 0) <= engine.epoch:
+                    kept.append(line)
+            except json.JSONDecodeError:
+                continue  # a line cut by a kill: redone
+    results.write_text("".join(line + "\n" for line in kept))
+    start = time.monotonic()
+    total = engine.config.run.epochs
+
+    def on_epoch(m: Mapping[str, float], _checkpoint: Path) -> None:
+        with results.open("a") as f:
+            f.write(json.dumps(dict(m)) + "\n")
+        psnr, bpp = m.get(metrics.EVAL_PSNR, float("nan")), m.get(metrics.EVAL_BPP, float("nan"))
+        _print(f"[parent {parent.name}] epoch {int(m[metrics.EPOCH])}/{total}  loss {m[metrics.TRAIN_LOSS]:.4g}  "
+               f"eval psnr {psnr:.2f} dB  bpp {bpp:.4f}  ({time.monotonic() - start:.0f} s)")
+
+    last = engine.run(on_epoch)
+    if not last:  # nothing was left to train: the last line of result.json is the final epoch
+        lines = [json.loads(x) for x in results.read_text().splitlines() if x.strip()]
+        last = lines[-1] if lines else {}
+    lmbda = float(parent.config[LAMBDA_KEY])
+    done = {
+        "name": parent.name,
+        "key": parent.key,
+        "digest": parent.digest,
+        "fingerprint": parent.fingerprint,
+        "config": parent.config,
+        "epochs": engine.epoch,
+        "steps": engine.step,
+        "train_s": round(time.monotonic() - start, 1),
+        "final": {k: last.get(k) for k in (metrics.EVAL_PSNR, metrics.EVAL_BPP, metrics.EVAL_LOSS,
+                                           metrics.EVAL_Y_SHARE, metrics.EVAL_COLLAPSED, metrics.EVAL_FLAT_PSNR)},
+        # lambda*D at the parent's point (D = 255^2 MSE): near 1 is where FAMO's lambda_eff stays near lambda.
+        "lambda_d": (last[metrics.EVAL_LOSS] - last[metrics.EVAL_BPP]) if metrics.EVAL_LOSS in last else None,
+        "lmbda": lmbda,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    tmp = local / f".{DONE_FILE}.tmp"
+    tmp.write_text(json.dumps(done, indent=2) + "\n")
+    tmp.replace(local / DONE_FILE)
+    return done
+
+
+def _remove(parent: Parent) -> None:
+    local = _local(parent.path)
+    if local is not None and local.exists():
+        shutil.rmtree(local)
+
+
+def ensure_parents(parents: Sequence[Parent]) -> list[dict[str, Any]]:
+    """Reuse every cached parent that verifies, train (or continue) the others as Ray tasks, and return one
+    summary row per parent (name, whether it was cached, its final point)."""
+    rows: dict[str, dict[str, Any]] = {}
+    todo: list[Parent] = []
+    for parent in parents:
+        done = read_done(parent)
+        if done is not None:
+            problem = verify(parent)
+            if problem is None:
+                _print(f"[parent {parent.name}] cached: {_point(done)}")
+                rows[parent.key] = {"name": parent.name, "cached": True, **_row(done)}
+                continue
+            _print(f"[parent {parent.name}] the cached parent is unusable ({problem}); retraining it")
+            _remove(parent)
+        todo.append(parent)
+    if todo:
+        import ray
+
+        _print(f"Parent stage: training {len(todo)} parent(s) ({', '.join(p.name for p in todo)}); "
+               f"the trials start when they are done")
+        remote = ray.remote(train_parent)
+        futures = {p.key: remote.options(num_cpus=p.cpus, num_gpus=p.gpus, max_retries=0).remote(p) for p in todo}
+        for parent in todo:
+            try:
+                done = ray.get(futures[parent.key])
+            except Exception as error:
+                cause = getattr(error, "cause", None) or error
+                raise ParentError(f"parent {parent.name} failed: {type(cause).__name__}: {cause}; its checkpoints "
+                                  f"are kept in {parent.path}, so fix the cause and run again (or --resume)") from None
+            _print(f"[parent {parent.name}] done: {_point(done)}")
+            rows[parent.key] = {"name": parent.name, "cached": False, **_row(done)}
+    return [rows[p.key] for p in parents]
+
+
+def _row(done: Mapping[str, Any]) -> dict[str, Any]:
+    final = done.get("final") or {}
+    return {"epochs": done.get("epochs"), "steps": done.get("steps"), "psnr": final.get(metrics.EVAL_PSNR),
+            "bpp": final.get(metrics.EVAL_BPP), "lambda_d": done.get("lambda_d"), "lmbda": done.get("lmbda"),
+            "collapsed": final.get(metrics.EVAL_COLLAPSED), "train_s": done.get("train_s")}
+
+
+def _point(done: Mapping[str, Any]) -> str:
+    r = _row(done)
+    if r["psnr"] is None:
+        return f"{r['epochs']} epochs"
+    return (f"{r['epochs']} epochs, {r['steps']} steps: {r['psnr']:.2f} dB at {r['bpp']:.4f} bpp, "
+            f"lambda*D {r['lambda_d']:.3g}")
+
+
+__all__ = ["DONE_FILE", "PARENTS_DIR", "Parent", "ParentError", "check_init_from", "ensure_parents",
+           "model_fingerprint", "parent_digest", "plan_parents", "status", "train_parent", "verify", "with_parents"]
