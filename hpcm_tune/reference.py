@@ -82,7 +82,7 @@ class Codec:
         try:
             probe = np.full((8, 8, 3), 128, dtype=np.uint8)
             decode(encode(self, probe, self.qualities[0]))
-        except Exception as err:  # noqa: BLE001: any failure means the codec is unusable here
+        except Exception as err:  # any failure means the codec is unusable in this build
             return f"{self.label} encode/decode failed in this Pillow build: {type(err).__name__}: {err}"
         return None
 
@@ -182,8 +182,8 @@ def _fingerprint(data: str, eval_max_images: int) -> dict | None:
     if not test.is_dir():
         return None
     out["data"] = str(test.resolve())
-    out["files"] = sorted((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in test.iterdir() if p.is_file())
-    return out
+    out["files"] = sorted([p.name, p.stat().st_size, p.stat().st_mtime_ns] for p in test.iterdir() if p.is_file())
+    return json.loads(json.dumps(out))  # as it reads back from the cache file (lists, not tuples)
 
 
 def _key_hash(key: dict) -> str:
@@ -329,16 +329,17 @@ def reference_points(data: str = SAMPLES, eval_max_images: int = 0, codecs: tupl
     skipped: dict[str, str] = {}
     cached: list[str] = []
     for name, codec in chosen.items():
-        reason = codec.unavailable()
-        if reason is not None:
-            skipped[name] = reason
-            continue
+        # The key holds the codec library's version, so a hit means this build has the codec: probe on a miss.
         key = _codec_key(name, codec, manifest["pixels"])
         path = folder / f"{name}-{_key_hash(key)[:24]}.json"
         hit = _read_cached(path, key, lambda v, c=codec: _rows_ok(v.get("rows"), image_names, c))
         if hit is not None:
             rows.extend(hit["rows"])
             cached.append(name)
+            continue
+        reason = codec.unavailable()
+        if reason is not None:
+            skipped[name] = reason
             continue
         loaded = load()
         if pixels_hash(loaded) != manifest["pixels"]:  # the manifest was stale: start again from the pixels
