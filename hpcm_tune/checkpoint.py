@@ -30,9 +30,10 @@ META_FILE = "meta.json"
 _NAME = re.compile(r"^epoch_(\d{6,})$")
 # Ray Tune's checkpoint folders inside a trial directory (each holds one of ours: state.pt + meta.json).
 _TUNE_NAME = re.compile(r"^checkpoint_(\d+)$")
-# Buffers of CompressAI's entropy coder whose shapes depend on whether the CDF tables were built, not on the
-# architecture; left out of the fingerprint.
-_CODEC_TABLE_SUFFIXES: tuple[str, ...] = ("._offset", "._quantized_cdf", "._cdf_length")
+# Buffers of CompressAI's entropy coders whose shapes depend on whether the CDF tables were built (update()),
+# not on the architecture; left out of the fingerprint. GaussianConditional's scale_table is one of them: empty
+# in a fresh model, filled by update() (the engine's codec evaluation), resized by CompressAI's load_state_dict.
+_CODEC_TABLE_SUFFIXES: tuple[str, ...] = ("._offset", "._quantized_cdf", "._cdf_length", ".scale_table")
 
 
 class CheckpointError(ValueError):
@@ -198,16 +199,17 @@ def load_model_weights(path: str | Path, preset: str, fingerprint: str) -> tuple
     for i, candidate in enumerate(candidates):
         try:
             state = read_state(candidate)
-            model = state["model"]
-            if not isinstance(model, dict):
-                raise CheckpointError(f"its 'model' entry is a {type(model).__name__}, not a state dict")
-        except CheckpointError as error:
-            failures.append(f"{candidate}: {error}")
-            continue
-        except Exception as error:  # truncated zip, bad pickle, missing key: the file is unusable
-            failures.append(f"{candidate}: {type(error).__name__}: {error}")
+        except Exception as error:  # truncated zip, bad pickle, not a dict: the file is unusable
+            problem = f"{type(error).__name__}: {error}"
+        else:
+            model = state.get("model")
+            problem = None if isinstance(model, dict) else (
+                "its state has no 'model' entry (not a training checkpoint)" if model is None
+                else f"its 'model' entry is a {type(model).__name__}, not a state dict")
+        if problem is not None:
+            failures.append(f"{candidate}: {problem}")
             if i + 1 < len(candidates):
-                warnings.warn(f"init_from: checkpoint {candidate} is unreadable ({type(error).__name__}: {error}); "
+                warnings.warn(f"init_from: checkpoint {candidate} is unreadable ({problem}); "
                               f"falling back to {candidates[i + 1]}", stacklevel=2)
             continue
         if state.get("format") != FORMAT_VERSION:
