@@ -247,7 +247,12 @@ class Engine:
         task_losses = {t: losses[t] for t in self.task_names}
         warming_up = self.weighting_warming_up
         # Weighting warm-up: the plain R-D loss; the weighting neither weighs nor adapts until it ends.
-        loss = losses["loss"] if warming_up else self.weighting.loss(task_losses)
+        if warming_up:
+            loss = losses["loss"]
+            with torch.no_grad():  # only records the losses behind scale_contributions(): same metrics every epoch
+                self.weighting.loss(task_losses)
+        else:
+            loss = self.weighting.loss(task_losses)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         max_norm = self.config.optimizer.clip_max_norm
