@@ -86,6 +86,9 @@ EVAL_FLAT_PSNR = "eval/flat_psnr"
 EVAL_COLLAPSED = "eval/collapsed"
 # y carrying less than this share of the rate counts as collapsed.
 COLLAPSE_Y_SHARE = 0.05
+# A PSNR within this many dB of the flat-colour reference (or below it) counts as reaching no more than it: a
+# reconstruction that is the mean colour lands on the reference up to float rounding (~1e-8 dB), on either side.
+COLLAPSE_PSNR_TOLERANCE_DB = 0.01
 
 DISTORTION_SUFFIX = "distortion"
 RATE_SUFFIX = "bpp"
@@ -124,5 +127,6 @@ def y_rate_share(bpp: float, bpp_z: float) -> float:
 
 
 def is_collapsed(y_share: float, psnr: float, flat_psnr: float) -> bool:
-    """y carries under COLLAPSE_Y_SHARE of the rate, or the PSNR is below the flat-colour reference."""
-    return bool(y_share < COLLAPSE_Y_SHARE or psnr < flat_psnr)
+    """y carries under COLLAPSE_Y_SHARE of the rate, or the PSNR is no better than the flat-colour reference
+    (below it, or above it by less than COLLAPSE_PSNR_TOLERANCE_DB)."""
+    return bool(y_share < COLLAPSE_Y_SHARE or psnr < flat_psnr + COLLAPSE_PSNR_TOLERANCE_DB)
