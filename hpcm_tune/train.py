@@ -2,6 +2,7 @@
 
     python -m hpcm_tune.train --config run.yaml --set lmbda=0.013 --set epochs=20 --out runs/a
     python -m hpcm_tune.train --out runs/a --resume              # continue from runs/a/checkpoints
+    python -m hpcm_tune.train --init-from runs/a --set objective=balanced --out runs/b   # fine-tune a's weights
     python -m hpcm_tune.train --use_hierarchical --scale_weights 0.2 0.3 0.5 --gamma_s1 0.008 \\
         --gamma_s2 0.006 --gamma_s3 0.004 --adaptive_gamma --gamma_strategy hierarchical   # the original flags
 
@@ -25,7 +26,8 @@ import yaml
 
 from hpcm_tune.config import RunConfig, to_flat
 
-# The original design's flags and CompressAI's example names -> our flat keys (store: value; const: fixed value).
+# The original design's flags, CompressAI's example names and --init-from -> our flat keys (store: value; const:
+# fixed value).
 ALIASES: tuple[tuple[tuple[str, ...], str, dict[str, Any]], ...] = (
     (("--use_hierarchical",), "objective", {"action": "store_const", "const": "hierarchical"}),
     (("--scale_weights",), "scale_weights", {"type": float, "nargs": 3, "metavar": ("S1", "S2", "S3")}),
@@ -44,6 +46,7 @@ ALIASES: tuple[tuple[tuple[str, ...], str, dict[str, Any]], ...] = (
     (("--patch-size",), "patch_size", {"type": int}),
     (("--seed",), "seed", {"type": int}),
     (("-n", "--num-workers"), "num_workers", {"type": int}),
+    (("--init-from",), "init_from", {"type": str, "metavar": "PATH"}),
 )
 # --adaptive_gamma turns the gamma schedule on; the original's default strategy was hierarchical.
 ADAPTIVE_GAMMA_DEFAULT = "hierarchical"
@@ -159,6 +162,9 @@ def run(args: argparse.Namespace) -> dict[str, float]:
     if args.resume and has_checkpoints:
         used = engine.restore(out / "checkpoints")
         print(f"resumed from {used} (epoch {engine.epoch})", file=sys.stderr)
+    elif config.model.init_from is not None:  # a resumed run never reads init_from again
+        used = engine.warm_start()
+        print(f"warm-started from {used} (model weights only)", file=sys.stderr)
     # Keep the results of the epochs the checkpoint covers; later lines are redone.
     kept = []
     if results.is_file():

@@ -119,3 +119,47 @@ def test_console_progress_shows_the_headline_metrics():
         bar({M.TRAIN_LOSS: 1.5, M.EVAL_PSNR: 30.25, M.EVAL_BPP: 0.5, M.EPOCH: 2}, None)
     text = stream.getvalue()
     assert "2/3" in text and "psnr=30.25" in text and "loss=1.5" in text
+
+
+def test_init_from_is_a_key_and_a_flag(tmp_path, capsys):
+    assert _printed_config(capsys)["init_from"] is None
+    assert _printed_config(capsys, "--set", f"init_from={tmp_path}")["init_from"] == str(tmp_path)
+    assert _printed_config(capsys, "--init-from", str(tmp_path))["init_from"] == str(tmp_path)
+    # The flag is an alias like the others: --set still wins.
+    assert _printed_config(capsys, "--init-from", "a", "--set", "init_from=b")["init_from"] == "b"
+
+
+@pytest.mark.parametrize("how", ["flag", "set"])
+def test_init_from_warm_starts_and_a_resumed_child_no_longer_needs_it(folder, tmp_path, capsys, how):
+    from hpcm_tune.checkpoint import read_state
+
+    common = ["--quiet", "-d", str(folder), "--set", "batch_size=2", "--set", "patch_size=64", "--set",
+              "steps_per_epoch=1", "--set", "num_workers=0", "--set", "codec_interval=0", "--set",
+              "lr_schedule=constant", "--set", "eval_max_images=1"]
+    parent = tmp_path / "parent"
+    assert main([*common, "--out", str(parent), "--set", "epochs=1"]) == 0
+    capsys.readouterr()
+    child = tmp_path / "child"
+    source = ["--init-from", str(parent)] if how == "flag" else ["--set", f"init_from={parent}"]
+    # A learning rate so small that one Adam step leaves the weights where the parent left them (~1e-12).
+    child_args = [*common, "--out", str(child), *source, "--set", "lr=1e-12", "--set", "objective=balanced"]
+    assert main([*child_args, "--set", "epochs=1"]) == 0
+    assert f"warm-started from {parent / 'checkpoints' / 'epoch_000001'}" in capsys.readouterr().err
+    assert json.loads((child / "params.json").read_text())["init_from"] == str(parent)
+    theirs = read_state(parent / "checkpoints" / "epoch_000001")["model"]
+    mine = read_state(child / "checkpoints" / "epoch_000001")["model"]
+    for key, value in theirs.items():
+        torch.testing.assert_close(mine[key], value, rtol=0, atol=1e-9)
+    assert any(not torch.equal(mine[k], theirs[k]) for k in theirs)  # yet it did train a step
+    parent.rename(tmp_path / "parent-moved")
+    assert main([*child_args, "--resume", "--set", "epochs=2"]) == 0
+    err = capsys.readouterr().err
+    assert "resumed from" in err and "warm-started" not in err
+    assert [json.loads(line)[M.EPOCH] for line in (child / "result.json").read_text().splitlines()] == [1, 2]
+
+
+def test_init_from_a_missing_path_exits_2_before_training(folder, tmp_path, capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["--quiet", "-d", str(folder), "--out", str(tmp_path / "run"), "--init-from", str(tmp_path / "nope")])
+    assert info.value.code == 2 and "no such file or directory" in capsys.readouterr().err
+    assert not (tmp_path / "run" / "checkpoints").exists()
