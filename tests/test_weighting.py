@@ -251,7 +251,9 @@ def _rd_toy_final_distortion(lmbda: float, min_loss: float) -> float:
         return float(toy()["distortion"])
 
 
-def test_lambda_keeps_its_role_with_default_min_loss() -> None:
+def test_lambda_still_moves_the_optimum_with_default_min_loss() -> None:
+    """With m = -1 lambda is not cancelled, though it is scaled down to lambda_eff while lambda*D >> 1
+    (test_famo_steps_along_grad_r_plus_lambda_eff_grad_d)."""
     low, high = _rd_toy_final_distortion(1.0, -1.0), _rd_toy_final_distortion(100.0, -1.0)
     assert high < 0.5 * low
 
@@ -465,3 +467,95 @@ def test_same_noise_reevaluation_measures_the_step_not_the_noise(mode: str) -> N
         assert moved == 0.0
     else:
         assert moved > 1e-3
+
+
+# --- coefficients and the effective lambda -----------------------------------------------------------------------
+
+
+def _moved_famo(name: str = "famo", tasks=("distortion", "bpp"), **options):
+    """A weighting whose logits have left 0 (a few updates on made-up losses)."""
+    weighting = build_weighting(name, tasks, w_lr=0.2, **options)
+    gen = torch.Generator().manual_seed(4)
+    for _ in range(5):
+        before = torch.rand(len(tasks), generator=gen, dtype=torch.float64) * 5 + 1
+        after = before * torch.tensor([0.5 + i / len(tasks) for i in range(len(tasks))], dtype=torch.float64)
+        weighting.update(dict(zip(tasks, before)), lambda after=after: dict(zip(tasks, after)))
+    assert len(set(weighting.weights().values())) == len(tasks)
+    return weighting
+
+
+def test_standard_coefficients_are_one() -> None:
+    weighting = build_weighting("standard", TASKS)
+    assert weighting.coefficients(dict.fromkeys(TASKS, 3.0)) == dict.fromkeys(TASKS, 1.0)
+
+
+@pytest.mark.parametrize("min_loss", [-1.0, 0.0, (-1.0, -0.5)])
+def test_famo_coefficients_by_hand(min_loss) -> None:
+    weighting = _moved_famo(min_loss=min_loss)
+    z = weighting.weights()
+    m = dict(zip(("distortion", "bpp"), min_loss if isinstance(min_loss, tuple) else (min_loss, min_loss)))
+    losses = {"distortion": 35.0, "bpp": 0.25}
+    expected = {t: z[t] / (losses[t] - m[t] + 1e-8) for t in losses}
+    assert weighting.coefficients(losses) == pytest.approx(expected, rel=1e-12)
+
+
+@pytest.mark.parametrize("name, tasks", [("famo", ("distortion", "bpp")), ("hierarchical", TASKS)])
+def test_coefficients_are_the_gradient_of_the_loss_up_to_its_normalizer(name, tasks) -> None:
+    """d loss / d L_i = a_i / sum_j a_j: the model's step follows sum_i a_i grad L_i."""
+    weighting = _moved_famo(name, tasks)
+    values = torch.tensor([30.0, 0.2, 7.0, 0.4, 0.6][: len(tasks)], dtype=torch.float64, requires_grad=True)
+    weighting.loss(dict(zip(tasks, values))).backward()
+    a = weighting.coefficients(dict(zip(tasks, values.tolist())))
+    total = sum(a.values())
+    assert values.grad.tolist() == pytest.approx([a[t] / total for t in tasks], rel=1e-9)
+
+
+class _TwoSided(torch.nn.Module):
+    """lambda * D and R of a 3-parameter toy whose gradients point in different directions."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.theta = torch.nn.Parameter(torch.tensor([0.3, -0.2, 0.5], dtype=torch.float64))
+
+    def forward(self) -> tuple[torch.Tensor, torch.Tensor]:
+        d = 255.0**2 * ((self.theta - torch.tensor([1.0, 0.0, -1.0], dtype=torch.float64)) ** 2).mean()
+        r = ((self.theta - torch.tensor([0.0, 2.0, 0.5], dtype=torch.float64)) ** 2).sum() + 0.05
+        return d, r
+
+
+def _grad(toy, value) -> torch.Tensor:
+    toy.zero_grad()
+    value.backward()
+    return toy.theta.grad.clone()
+
+
+@pytest.mark.parametrize("lmbda", [0.0067, 0.05])
+def test_famo_steps_along_grad_r_plus_lambda_eff_grad_d(lmbda) -> None:
+    from hpcm_tune.metrics import effective_lambda
+
+    toy, weighting = _TwoSided(), _moved_famo()
+    grad_d, grad_r = _grad(toy, toy()[0]), _grad(toy, toy()[1])
+    d, r = toy()
+    losses = {"distortion": lmbda * d, "bpp": r}
+    step = _grad(toy, weighting.loss(losses))
+    values = {t: float(v.detach()) for t, v in losses.items()}
+    a = weighting.coefficients(values)
+    lambda_eff = effective_lambda(lmbda, a, values, values["distortion"], values["bpp"])
+    expected = a["bpp"] / sum(a.values()) * (grad_r + lambda_eff * grad_d)
+    torch.testing.assert_close(step, expected, rtol=1e-9, atol=1e-12)
+    # Two tasks, min loss -1: lambda (z_D / z_R) (1 + R) / (1 + lambda D); well below lambda where lambda D >> 1.
+    z = weighting.weights()
+    assert lambda_eff == pytest.approx(
+        lmbda * z["distortion"] / z["bpp"] * (1 + values["bpp"]) / (1 + values["distortion"]), rel=1e-7)
+    assert values["distortion"] > 5 and lambda_eff < lmbda / 2
+
+
+def test_a_large_negative_min_loss_makes_famo_the_standard_loss_with_an_adaptive_weight() -> None:
+    from hpcm_tune.metrics import effective_lambda
+
+    weighting = _moved_famo(min_loss=-1e6)
+    z = weighting.weights()
+    for lambda_d, rate in ((40.0, 0.2), (0.5, 1.5)):
+        values = {"distortion": lambda_d, "bpp": rate}
+        got = effective_lambda(0.013, weighting.coefficients(values), values, lambda_d, rate)
+        assert got == pytest.approx(0.013 * z["distortion"] / z["bpp"], rel=1e-4)  # whatever lambda * D is
