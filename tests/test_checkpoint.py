@@ -5,9 +5,12 @@ from hpcm_tune.checkpoint import (
     FORMAT_VERSION,
     STATE_FILE,
     CheckpointError,
+    architecture_fingerprint,
     list_checkpoints,
     load_checkpoint,
+    load_model_weights,
     save_checkpoint,
+    warm_start_candidates,
 )
 
 
@@ -80,3 +83,95 @@ def test_loading_never_executes_pickled_objects(tmp_path):
     torch.save(_state(1, evil=NotATensor()), path / STATE_FILE)  # a state with an arbitrary object
     with pytest.raises(CheckpointError, match="no readable checkpoint.*(Unpickl|weights_only)"):
         load_checkpoint(tmp_path, "tiny")
+
+
+# --- warm start (init_from) ---------------------------------------------------------------------------------
+
+_MODEL = {"w": torch.zeros(3)}
+_FP = architecture_fingerprint(_MODEL)
+
+
+def test_architecture_fingerprint_sees_names_and_shapes_not_values_nor_codec_tables():
+    base = {"conv.weight": torch.zeros(4, 3), "gc._quantized_cdf": torch.zeros(0), "gc.scale_table": torch.zeros(0)}
+    fp = architecture_fingerprint(base)
+    assert fp == architecture_fingerprint({**base, "conv.weight": torch.randn(4, 3)})
+    # update() fills the entropy coder's tables: the same architecture.
+    built = {**base, "gc._quantized_cdf": torch.zeros(32, 19), "gc.scale_table": torch.zeros(64),
+             "gc._offset": torch.zeros(32), "gc._cdf_length": torch.zeros(32)}
+    assert architecture_fingerprint(built) == architecture_fingerprint({**base, "gc._offset": torch.zeros(0),
+                                                                        "gc._cdf_length": torch.zeros(0)})
+    assert fp != architecture_fingerprint({**base, "conv.weight": torch.zeros(5, 3)})
+    assert fp != architecture_fingerprint({**base, "conv.bias": torch.zeros(4)})
+
+
+def _run_dir(root, epochs=(1, 2)):
+    for epoch in epochs:
+        save_checkpoint(_state(epoch), root / "checkpoints", epoch, keep=0)
+    return root
+
+
+def _trial(root, indices=(0, 1, 2)):
+    root.mkdir(parents=True)
+    for i in indices:
+        save_checkpoint(_state(i + 1), root / "tmp", i + 1, keep=0).rename(root / f"checkpoint_{i:06d}")
+    (root / "tmp").rmdir()
+    (root / "checkpoint_000099").mkdir()  # no state.pt in it: not one of ours
+    (root / "result.json").write_text("{}\n")
+    return root
+
+
+def test_warm_start_candidates_of_every_layout_newest_first(tmp_path):
+    run = _run_dir(tmp_path / "run", (1, 2, 3))
+    names = ["epoch_000003", "epoch_000002", "epoch_000001"]
+    assert [p.name for p in warm_start_candidates(run)] == names
+    assert [p.name for p in warm_start_candidates(run / "checkpoints")] == names
+    assert [p.name for p in warm_start_candidates(run / "checkpoints" / "epoch_000002")] == names[1:]
+    trial = _trial(tmp_path / "trial", (0, 1, 2))
+    assert [p.name for p in warm_start_candidates(trial)] == ["checkpoint_000002", "checkpoint_000001",
+                                                              "checkpoint_000000"]
+    (tmp_path / "empty").mkdir()
+    assert warm_start_candidates(tmp_path / "empty") == []
+    assert warm_start_candidates(tmp_path / "nowhere") == []
+
+
+def test_load_model_weights_takes_the_newest_and_falls_back_past_a_corrupt_one(tmp_path):
+    trial = _trial(tmp_path / "trial", (0, 1))
+    model, used = load_model_weights(trial, "tiny", _FP)
+    assert used.name == "checkpoint_000001" and torch.equal(model["w"], torch.full((3,), 2.0))
+    (used / STATE_FILE).write_bytes(b"garbage")
+    with pytest.warns(UserWarning, match="(?s)checkpoint_000001 is unreadable .*falling back to .*checkpoint_000000"):
+        model, used = load_model_weights(trial, "tiny", _FP)
+    assert used.name == "checkpoint_000000" and torch.equal(model["w"], torch.ones(3))
+
+
+def test_load_model_weights_errors_name_the_problem(tmp_path):
+    with pytest.raises(CheckpointError, match="no such file or directory"):
+        load_model_weights(tmp_path / "nowhere", "tiny", _FP)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(CheckpointError, match="no checkpoint there; allowed: a checkpoint directory"):
+        load_model_weights(tmp_path / "empty", "tiny", _FP)
+    save_checkpoint(_state(1, preset="small"), tmp_path / "small", 1)
+    with pytest.raises(CheckpointError, match=rf"preset 'small' \(architecture {_FP}\); this run is preset 'tiny'"):
+        load_model_weights(tmp_path / "small", "tiny", _FP)
+    with pytest.raises(CheckpointError, match=rf"architecture {_FP}\); this run is preset 'tiny' \(architecture 0+\)"):
+        load_model_weights(tmp_path / "small", "tiny", "0" * 16)
+    old = _state(1)
+    old["format"] = 0
+    save_checkpoint(old, tmp_path / "old", 1)
+    with pytest.raises(CheckpointError, match="has format 0"):
+        load_model_weights(tmp_path / "old", "tiny", _FP)
+    for name, model in (("nomodel", None), ("badmodel", torch.zeros(3))):
+        state = _state(1)
+        del state["model"]
+        if model is not None:
+            state["model"] = model
+        save_checkpoint(state, tmp_path / name, 1)
+        with pytest.raises(CheckpointError, match="no 'model' entry" if model is None else "'model' entry is a Tensor"):
+            load_model_weights(tmp_path / name, "tiny", _FP)
+
+
+def test_saved_meta_names_the_architecture(tmp_path):
+    import json
+
+    path = save_checkpoint(_state(1, architecture=_FP), tmp_path, 1)
+    assert json.loads((path / "meta.json").read_text())["architecture"] == _FP
