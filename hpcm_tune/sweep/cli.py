@@ -136,10 +136,10 @@ def space_from_args(args: argparse.Namespace) -> SearchSpace:
 
     space = load_space(resolve_space_path(args.space))
     if args.set:
-        fixed, parent = dict(space.fixed), dict(space.parent)
+        fixed, parent = dict(space.fixed), None if space.parent is None else dict(space.parent)
         for key, value in args.set:
             if key.startswith("parent."):  # --set parent.epochs=60: a key of the parent section
-                if not space.parent:
+                if parent is None:
                     raise SpaceError("command line", f"--set {key}", value, f"{space.source} has no parent section")
                 parent[key.removeprefix("parent.")] = value
                 continue
@@ -187,7 +187,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 check_init_from(space)
                 print(f"{space.source}: {space.study}, {space.total_trials()} trials, scheduler {space.scheduler}, "
                       f"searcher {space.searcher}, metric {space.metric} ({space.mode}), epochs {space.max_epochs}")
-                parents = plan_parents(space, storage_root(args.storage))
+                parents = plan_parents(space, storage_root(args.storage), args.engine)
                 if parents:
                     print(f"{len(parents)} parent(s), trained before the trials and cached under "
                           f"{storage_root(args.storage)}/parents:")

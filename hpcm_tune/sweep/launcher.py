@@ -217,7 +217,7 @@ def run_sweep(space: SearchSpace, opts: SweepOptions) -> dict[str, Any]:
                          f"an experiment already exists at {path}; continue it with --resume {name} "
                          f"(same --storage) or choose a new --name")
     check_init_from(space)
-    parents = plan_parents(space, storage)
+    parents = plan_parents(space, storage, opts.engine)
     meta = experiment_meta(space, opts, name)
     meta["parents"] = [p.to_json() for p in parents]
     write_json(join(path, META_FILE), meta)

@@ -65,10 +65,11 @@ def resolved_config(config: Mapping[str, Any]) -> dict[str, Any]:
     return RunConfig.from_dict(dict(config)).to_dict()
 
 
-def parent_digest(config: Mapping[str, Any], fingerprint: str) -> str:
-    """12 hex digits of the resolved config (NON_SEMANTIC_KEYS left out) and the architecture fingerprint."""
+def parent_digest(config: Mapping[str, Any], fingerprint: str, engine: str = "hpcm") -> str:
+    """12 hex digits of the resolved config (NON_SEMANTIC_KEYS left out), the architecture fingerprint and the
+    engine that trains it (hpcm_tune.sweep.trainable.ENGINES)."""
     semantic = {k: v for k, v in resolved_config(config).items() if k not in NON_SEMANTIC_KEYS}
-    text = json.dumps({"config": semantic, "architecture": fingerprint}, sort_keys=True)
+    text = json.dumps({"config": semantic, "architecture": fingerprint, "engine": engine}, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
@@ -83,6 +84,7 @@ class Parent:
     path: str
     cpus: float = 1.0
     gpus: float = 0.0
+    engine: str = "hpcm"
 
     @property
     def name(self) -> str:
@@ -100,20 +102,21 @@ class Parent:
         return cls(**dict(data))
 
 
-def plan_parents(space: SearchSpace, storage: str) -> list[Parent]:
-    """The parents a sweep needs, at their cache paths under ``storage`` (a local path or a URI)."""
+def plan_parents(space: SearchSpace, storage: str, engine: str = "hpcm") -> list[Parent]:
+    """The parents a sweep needs, at their cache paths under ``storage`` (a local path or a URI), trained by
+    ``engine`` (the sweep's)."""
     from hpcm_tune.sweep.launcher import join
 
     out = []
     for key, config in parent_configs(space).items():
         full = resolved_config(config)
         fingerprint = model_fingerprint(full["preset"])
-        digest = parent_digest(full, fingerprint)
+        digest = parent_digest(full, fingerprint, engine)
         name = f"{full['preset']}-lmbda{full[LAMBDA_KEY]:g}-{full['distortion']}-{digest}"
         out.append(Parent(key=key, config=full, fingerprint=fingerprint, digest=digest,
                           path=join(storage, PARENTS_DIR, name),
                           cpus=float(space.parent_resources.get("cpus", space.cpus)),
-                          gpus=float(space.parent_resources.get("gpus", space.gpus))))
+                          gpus=float(space.parent_resources.get("gpus", space.gpus)), engine=engine))
     return out
 
 
@@ -139,7 +142,7 @@ def check_init_from(space: SearchSpace) -> None:
     from hpcm_tune.sweep.space import INIT_FROM_KEY, SpaceError, trial_configs
 
     places = [(f"parent.{INIT_FROM_KEY}", cfg) for cfg in parent_configs(space).values()]
-    if not space.parent:
+    if space.parent is None:
         places += [(f"fixed.{INIT_FROM_KEY}" if INIT_FROM_KEY in space.fixed else
                     f"configurations.{cfg.get('label')}.{INIT_FROM_KEY}", cfg) for cfg in trial_configs(space)]
     seen = set()
@@ -206,8 +209,8 @@ def verify(parent: Parent) -> str | None:
     if done.get("digest") != parent.digest or done.get("fingerprint") != parent.fingerprint:
         return f"{DONE_FILE} does not match this parent's config"
     local = _local(parent.path)
-    if local is None:
-        return None  # object storage: trials load it themselves and fail loudly if it is damaged
+    if local is None or parent.engine != "hpcm":
+        return None  # object storage: trials load it themselves and fail loudly; a stand-in engine has no weights
     try:
         _, used = load_model_weights(local, parent.config["preset"], parent.fingerprint)
         epoch = int(read_state(used)["epoch"])
@@ -231,8 +234,7 @@ def train_parent(parent: Parent) -> dict[str, Any]:
     import torch
 
     from hpcm_tune.checkpoint import list_checkpoints
-    from hpcm_tune.config import RunConfig
-    from hpcm_tune.engine import Engine
+    from hpcm_tune.sweep.trainable import resolve_engine
 
     torch.set_num_threads(max(1, int(parent.cpus)))
     local = _local(parent.path)
@@ -241,7 +243,7 @@ def train_parent(parent: Parent) -> dict[str, Any]:
                          f"shared-file-system --storage for sweeps with a parent section")
     local.mkdir(parents=True, exist_ok=True)
     (local / PARAMS_FILE).write_text(json.dumps(parent.config, indent=2) + "\n")
-    engine = Engine(RunConfig.from_dict(parent.config), workdir=local, keep_checkpoints=2)
+    engine = resolve_engine(parent.engine)(dict(parent.config), local)
     results = local / RESULT_FILE
     if list_checkpoints(local / "checkpoints"):
         used = engine.restore(local / "checkpoints")
@@ -256,7 +258,7 @@ def train_parent(parent: Parent) -> dict[str, Any]:
                 continue  # a line cut by a kill: redone
     results.write_text("".join(line + "\n" for line in kept))
     start = time.monotonic()
-    total = engine.config.run.epochs
+    total = parent.epochs
 
     def on_epoch(m: Mapping[str, float], _checkpoint: Path) -> None:
         with results.open("a") as f:
@@ -277,7 +279,7 @@ def train_parent(parent: Parent) -> dict[str, Any]:
         "fingerprint": parent.fingerprint,
         "config": parent.config,
         "epochs": engine.epoch,
-        "steps": engine.step,
+        "steps": getattr(engine, "step", None),
         "train_s": round(time.monotonic() - start, 1),
         "final": {k: last.get(k) for k in (metrics.EVAL_PSNR, metrics.EVAL_BPP, metrics.EVAL_LOSS,
                                            metrics.EVAL_Y_SHARE, metrics.EVAL_COLLAPSED, metrics.EVAL_FLAT_PSNR)},
@@ -298,9 +300,10 @@ def _remove(parent: Parent) -> None:
         shutil.rmtree(local)
 
 
-def ensure_parents(parents: Sequence[Parent]) -> list[dict[str, Any]]:
-    """Reuse every cached parent that verifies, train (or continue) the others as Ray tasks, and return one
-    summary row per parent (name, whether it was cached, its final point)."""
+def ensure_parents(parents: Sequence[Parent], in_process: bool = False) -> list[dict[str, Any]]:
+    """Reuse every cached parent that verifies, train (or continue) the others as Ray tasks (``in_process``:
+    one after the other in this process, without Ray), and return one summary row per parent (name, whether
+    it was cached, its final point)."""
     rows: dict[str, dict[str, Any]] = {}
     todo: list[Parent] = []
     for parent in parents:
@@ -314,7 +317,11 @@ def ensure_parents(parents: Sequence[Parent]) -> list[dict[str, Any]]:
             _print(f"[parent {parent.name}] the cached parent is unusable ({problem}); retraining it")
             _remove(parent)
         todo.append(parent)
-    if todo:
+    if todo and in_process:
+        for parent in todo:
+            done = train_parent(parent)
+            rows[parent.key] = {"name": parent.name, "cached": False, **_row(done)}
+    elif todo:
         import ray
 
         _print(f"Parent stage: training {len(todo)} parent(s) ({', '.join(p.name for p in todo)}); "

@@ -341,7 +341,7 @@ class SearchSpace:
     searcher: str = "optuna"
     searcher_options: dict[str, Any] = field(default_factory=dict)
     seed: int = 0
-    parent: dict[str, Any] = field(default_factory=dict)
+    parent: dict[str, Any] | None = None  # None: no parent section (trials start from scratch)
     parent_resources: dict[str, Any] = field(default_factory=dict)
     raw: dict[str, Any] = field(default_factory=dict)
 
@@ -506,7 +506,7 @@ def validate(space: SearchSpace) -> None:
 
 def _validate_parent(space: SearchSpace) -> None:
     src, parent = space.source, space.parent
-    if not parent:
+    if parent is None:
         return
     known = known_config_keys()
     for key, value in parent.items():
@@ -520,7 +520,10 @@ def _validate_parent(space: SearchSpace) -> None:
         if key in PARENT_MATCH_KEYS:
             raise SpaceError(src, where, value, f"taken from each trial: a parent matches its trials in "
                              f"{', '.join(PARENT_MATCH_KEYS)}")
-        _check_value(src, key, value)
+        try:
+            _check_value(src, key, value)
+        except SpaceError as exc:
+            raise SpaceError(src, where, value, exc.allowed) from None
     if INIT_FROM_KEY in space.fixed or any(INIT_FROM_KEY in c for c in space.configurations.values()):
         raise SpaceError(src, f"fixed.{INIT_FROM_KEY}", space.fixed.get(INIT_FROM_KEY),
                          "the trials start from the parent; set init_from in 'parent' to warm-start the parent")
@@ -552,7 +555,7 @@ def parent_key(config: Mapping[str, Any]) -> str:
 def parent_configs(space: SearchSpace) -> dict[str, dict[str, Any]]:
     """One flat parent config per distinct parent key of the sweep's trials: the sweep's fixed keys, the
     trial's match keys, then the parent section (seed: the parent's or the sweep's first)."""
-    if not space.parent:
+    if space.parent is None:
         return {}
     base = {k: v for k, v in space.fixed.items() if not str(k).startswith(INTERNAL_PREFIX)}
     out: dict[str, dict[str, Any]] = {}
@@ -720,8 +723,8 @@ def parse_space(data: Any, source: str = "<string>") -> SearchSpace:
     for k in resources:
         if k not in RESOURCE_KEYS:
             raise SpaceError(source, f"resources.{k}", resources[k], f"allowed: {', '.join(sorted(RESOURCE_KEYS))}")
-    parent = _mapping(source, "parent", data.get("parent"))
-    parent_resources = _mapping(source, "parent.resources", parent.pop("resources", None))
+    parent = _mapping(source, "parent", data.get("parent")) if "parent" in data else None
+    parent_resources = _mapping(source, "parent.resources", parent.pop("resources", None)) if parent else {}
     scheduler, scheduler_options = _named(source, "scheduler", data.get("scheduler", "asha"), SCHEDULER_NAMES)
     searcher, searcher_options = _named(source, "searcher", data.get("searcher", "optuna"), SEARCHER_NAMES)
     seed = fixed.pop(SEED_KEY, 0)
