@@ -13,8 +13,11 @@ R = sum_k -log2 p(y_hat_k) / (N * H * W). What differs is how L is cut into the 
   hyperprior scale), and splits the distortion exactly by a two-level orthonormal Haar transform of the error
   x - x_hat into the coarse band (s1_distortion) and the detail bands (s2_distortion); the five tasks then sum
   to the standard loss. ``decomposition="ratio"`` is the original design's fixed fractions
-  (0.40 lambda D, 0.30 R, 0.35 lambda D, 0.40 R, 0.30 R): every task is a constant multiple of D or R, so under
-  a log-based weighting the constants cancel from the gradient and it is a 2-task method in disguise.
+  (0.40 lambda D, 0.30 R, 0.35 lambda D, 0.40 R, 0.30 R): every task is a constant multiple f of D or R, so
+  every gradient is a mix of grad D and grad R only: a 2-task method in disguise. Under a log-based weighting
+  with min loss -1 (the default) the fractions do not cancel: grad log(1 + f L) = f grad L / (1 + f L), so they
+  only rescale lambda_eff (hpcm_tune.metrics.effective_lambda); they cancel from the gradient only with min
+  loss 0 (grad log(f L) = grad L / L).
 
 Whatever the objective, the result also carries ``loss`` (the plain lambda * D + R, so runs are comparable),
 ``bpp``, ``mse``, the measured per-scale parts s1_distortion ... s3_bpp (except in ``ratio`` mode, where

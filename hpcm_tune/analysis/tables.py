@@ -41,8 +41,9 @@ from hpcm_tune.analysis.results import (
 NOT_HYPERPARAMETERS = frozenset({LMBDA, SEED, STUDY, LABEL, "device", "num_workers"})
 # The original design's 'ratio' decomposition (DESIGN.md §3): every task is a fixed multiple of D or R.
 DECOMPOSITION, RATIO_DECOMPOSITION = "decomposition", "ratio"
-RATIO_NOTE = ("ratio decomposition: each task is a fixed fraction of lambda·D or R, so under a log-based "
-              "weighting the fractions cancel from the gradient: a 2-task method in disguise (DESIGN.md §3)")
+RATIO_NOTE = ("ratio decomposition: each task is a fixed fraction of lambda·D or R, so the gradient only mixes "
+              "grad D and grad R: a 2-task method in disguise; under a log-based weighting the fractions only "
+              "rescale the effective lambda (they cancel only with min loss 0) (DESIGN.md §3)")
 # The objective every ablation is measured against when present (DESIGN.md §3 baselines).
 DEFAULT_BASELINE_OBJECTIVE = "standard"
 

@@ -44,7 +44,10 @@ class WeightingConfig:
     - ``gamma``: the one L2 coefficient of ``famo``; ``None`` = mean of the three scale gammas.
     - ``scale_weights``: scale importance [s1, s2, s3] for the prior p (three positive values; normalized
       with a warning if they do not sum to 1).
-    - ``min_loss``: m_i in log(L_i - m_i + eps), one value or one per task; -1 keeps lambda's role.
+    - ``min_loss``: m_i in log(L_i - m_i + eps), one value or one per task. -1 (Balanced-RD) keeps lambda's
+      role only while lambda*D <~ 1: the model follows grad R + lambda_eff grad D with, for two tasks,
+      lambda_eff = lambda (z_D / z_R) (1 + R) / (1 + lambda D); 0 cancels lambda from the gradient; a large
+      negative value gives the plain loss with an adaptive weight (docs/architecture.md, "The effective lambda").
     - ``eps``: 1e-8 as FAMO. ``update_mode``: same_batch (exact FAMO) or next_batch (cheaper, noisier).
     """
 

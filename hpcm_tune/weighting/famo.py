@@ -3,8 +3,14 @@ Optimization (CVPR 2025) and DESIGN.md §3.
 
 Task weights z = softmax(w + log p) from logits w (start 0) and a prior p. The model minimizes
     sum_i z_i log(L_i - m_i + eps) / c,   c = sum_i z_i / (L_i - m_i + eps)  (held constant),
-whose gradient is the convex combination sum_i (z_i / (c (L_i - m_i + eps))) grad L_i. With m_i = -1
-(log(1 + L) as Balanced-RD) lambda keeps its role; with m_i = 0 it would cancel from the gradient.
+whose gradient is the convex combination sum_i (a_i / c) grad L_i with a_i = z_i / (L_i - m_i + eps)
+(``coefficients``). With the two R-D tasks lambda*D and R that is grad R + lambda_eff grad D up to a positive
+factor, lambda_eff = lambda (z_D / z_R) (R - m_R + eps) / (lambda D - m_D + eps) (hpcm_tune.metrics.
+effective_lambda). With m_i = 0 lambda cancels from the gradient (grad log(lambda D) = grad D / D). With m_i = -1
+(log(1 + L), as Balanced-RD) it does not cancel, but lambda_eff = lambda (z_D / z_R) (1 + R) / (1 + lambda D):
+lambda keeps its role only while lambda*D <~ 1 (a model fine-tuned from one trained on the plain loss); far
+above (a model trained from scratch) lambda_eff << lambda. A large negative common m makes every a_i ~ z_i / |m|:
+the plain loss with the adaptive weight z_D / z_R on lambda. docs/architecture.md, "The effective lambda".
 
 After the parameter step the improvement of each task, delta_i = log(L_i^before - m_i + eps) -
 log(L_i^after - m_i + eps), drives the logits: g = J_softmax(z)^T delta + gamma_i w_i (the gamma term is L2
