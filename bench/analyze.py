@@ -4,7 +4,11 @@ Two experiments as a sweep leaves them: the balanced grid (12 configurations x 6
 random search (62 configurations x 4 lambdas x 2 seeds), 20 epochs each, with 10 % of trials stopped early,
 2 % errored and 1 % with a truncated result.json. Prints the time of each phase and the total.
 
-    .venv/bin/python bench/analyze.py [--trials-dir DIR] [--no-plots]
+The trials name no data, so the reference codecs run on the default 'samples' test photos: computed on the
+first run (a few seconds), then read from the cache ($HPCM_TUNE_CACHE/reference, default
+~/.cache/hpcm-tune/reference); the phase says which. ``--no-reference`` skips them.
+
+    .venv/bin/python bench/analyze.py [--trials-dir DIR] [--no-plots] [--no-reference]
 """
 
 from __future__ import annotations
@@ -67,6 +71,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--trials-dir", type=Path, default=None, help="where to write the store (default: temp)")
     parser.add_argument("--no-plots", action="store_true")
+    parser.add_argument("--no-reference", action="store_true", help="skip the reference codecs")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         root = args.trials_dir or Path(tmp) / "results"
@@ -78,8 +83,19 @@ def main() -> None:
             warnings.simplefilter("always", ResultsWarning)
             experiments = load_experiments([root])
         timings["read experiment dirs"] = time.perf_counter() - start
+        reference_phase = "reference codecs"
+        if not args.no_reference:
+            from hpcm_tune.analysis.references import load_references
+            from hpcm_tune.analysis.tables import trial_table
+
+            trials = trial_table(experiments)  # (timed again inside build_report)
+            start = time.perf_counter()
+            refs = load_references(trials)
+            warm = all(r.points is not None and len(r.points.cached) == len(r.points.codecs) for r in refs.values())
+            reference_phase += " (cached)" if warm else " (computed)"
+            timings[reference_phase] = time.perf_counter() - start
         start = time.perf_counter()
-        report = build_report(experiments, AnalysisOptions())
+        report = build_report(experiments, AnalysisOptions(reference=not args.no_reference))
         timings["tables and BD-rates"] = time.perf_counter() - start
         start = time.perf_counter()
         write_outputs(report, Path(tmp) / "out", plots=False)
@@ -97,7 +113,7 @@ def main() -> None:
         print(f"trials: {n} in {len(experiments)} experiments ({rows} result lines, "
               f"{len(caught)} corrupted-file warnings)")
         for name, seconds in timings.items():
-            print(f"  {name:<22} {seconds:6.2f} s")
+            print(f"  {name:<30} {seconds:6.2f} s")
         print(f"total time to analyze: {sum(timings.values()):.2f} s wall, {cpu:.2f} s CPU of this process "
               f"(target < 10 s on 2 cores; wall time grows when other jobs share the cores)")
 

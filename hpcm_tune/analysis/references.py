@@ -8,6 +8,7 @@ tables, never a crash of the analysis.
 
 from __future__ import annotations
 
+import functools
 import math
 import warnings
 from collections import Counter
@@ -37,11 +38,20 @@ class StudyReference:
     note: str | None = None
     default: bool = False  # the trials' configs do not name their data: the training default was used
 
-    @property
+    @functools.cached_property
     def anchor_curve(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """JPEG's (bpp, PSNR), sorted by rate (computed once: every configuration is compared with it)."""
         if self.points is None or ANCHOR not in self.points.codecs:
             return None
         return self.points.curve(ANCHOR)
+
+    @functools.cached_property
+    def anchor_interpolant(self) -> PchipInterpolator | None:
+        """JPEG's PSNR as a function of log10 bpp (piecewise cubic Hermite, no extrapolation)."""
+        if self.anchor_curve is None:
+            return None
+        log_bpp, index = np.unique(np.log10(self.anchor_curve[0]), return_index=True)
+        return PchipInterpolator(log_bpp, self.anchor_curve[1][index], extrapolate=False)
 
     def describe(self) -> str:
         where = f"data `{self.data}`" + (" (the training default: the trials' configs do not set it)"
@@ -167,8 +177,7 @@ def compare_points(ref: StudyReference, curve: dict | None) -> dict[str, int]:
     if anchor is None or curve is None:
         return out
     bpp, quality = anchor
-    log_bpp, index = np.unique(np.log10(bpp), return_index=True)
-    interp = PchipInterpolator(log_bpp, quality[index], extrapolate=False)
+    interp = ref.anchor_interpolant
     for rate, psnr in zip(curve["rate"], curve["psnr"], strict=True):
         if not (np.isfinite(rate) and np.isfinite(psnr) and rate > 0):
             continue
