@@ -6,7 +6,8 @@ their effective lambda near lambda (docs/architecture.md, "The effective lambda"
 budgets they collapse.
 
 ``plan_parents`` gives one ``Parent`` per distinct value of the match keys (space.PARENT_MATCH_KEYS: lambda,
-preset, distortion) of the sweep's trials. Each is cached under ``<storage>/parents/<name>/`` by a digest of
+preset, distortion) of the sweep's trials. Its config is the parent section over the defaults, with those match
+keys and the sweep's data and machine keys (space.PARENT_INHERITED_KEYS). Each is cached under ``<storage>/parents/<name>/`` by a digest of
 its resolved config and the model's architecture fingerprint, so every later sweep that asks for the same
 parent (on this machine or on a cluster's shared storage) reuses it. The directory is a run directory as
 ``hpcm-train --out`` writes it (``params.json``, ``result.json``, ``checkpoints/``) plus ``parent.json``,
@@ -38,8 +39,10 @@ PARENTS_DIR = "parents"
 DONE_FILE = "parent.json"
 PARAMS_FILE = "params.json"
 RESULT_FILE = "result.json"
-# Keys that do not change what a parent learns (labels, loader processes, which device).
-NON_SEMANTIC_KEYS: frozenset[str] = frozenset({"study", "label", "num_workers", "device"})
+# Keys that do not change what a parent learns (labels, loader processes, which device, how often it is
+# evaluated: evaluation draws no random numbers).
+NON_SEMANTIC_KEYS: frozenset[str] = frozenset({"study", "label", "num_workers", "device", "eval_interval",
+                                               "codec_interval"})
 
 
 @functools.cache

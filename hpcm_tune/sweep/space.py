@@ -50,6 +50,10 @@ TOP_LEVEL_KEYS: frozenset[str] = frozenset({
 # Pretrain once, fine-tune many: a `parent` section describes the run every trial starts from. One parent is
 # trained per distinct value of these keys (a parent must match its trials in them), taken from each trial.
 PARENT_MATCH_KEYS: tuple[str, ...] = (LAMBDA_KEY, "preset", "distortion")
+# What else a parent takes from the sweep's fixed keys: the data and the machine. Everything else is the parent
+# section over the defaults, so sweeps that ask for the same parent section share one parent.
+PARENT_INHERITED_KEYS: tuple[str, ...] = ("data", "eval_max_images", "num_workers", "device", "amp", "compile",
+                                          "channels_last")
 PARENT_LABEL = "parent"
 # The fixed key that carries the sweep's parents to the trials: JSON {parent_key: parent directory}.
 PARENTS_KEY = f"{INTERNAL_PREFIX}parents"
@@ -553,11 +557,12 @@ def parent_key(config: Mapping[str, Any]) -> str:
 
 
 def parent_configs(space: SearchSpace) -> dict[str, dict[str, Any]]:
-    """One flat parent config per distinct parent key of the sweep's trials: the sweep's fixed keys, the
-    trial's match keys, then the parent section (seed: the parent's or the sweep's first)."""
+    """One flat parent config per distinct parent key of the sweep's trials: the parent section over the
+    defaults, with the trial's match keys and the sweep's data and machine keys (PARENT_INHERITED_KEYS; seed:
+    the parent section's or the sweep's first)."""
     if space.parent is None:
         return {}
-    base = {k: v for k, v in space.fixed.items() if not str(k).startswith(INTERNAL_PREFIX)}
+    base = {k: space.fixed[k] for k in PARENT_INHERITED_KEYS if k in space.fixed}
     out: dict[str, dict[str, Any]] = {}
     for cfg in trial_configs(space):
         key = parent_key(cfg)

@@ -37,7 +37,8 @@ def space_with_parent(folder=None, parent=None, **over):
         "fixed": fixed,
         "params": {"lmbda": {"type": "grid", "values": [0.0035, 0.013]},
                    "w_lr": {"type": "loguniform", "low": 0.01, "high": 0.05}},
-        "parent": {"objective": "standard", "epochs": 2, "lr": 1e-3} if parent is None else parent,
+        "parent": {"objective": "standard", "epochs": 2, "lr": 1e-3, "steps_per_epoch": 2, "batch_size": 2,
+                   "patch_size": 64, "codec_interval": 0} if parent is None else parent,
     }
     data.update(over)
     return sp.parse_space(data, source="p.yaml")
@@ -53,9 +54,11 @@ def test_one_parent_per_lambda_with_the_trials_match_keys_and_the_parent_section
     by_lambda = {c["lmbda"]: c for c in configs.values()}
     assert set(by_lambda) == {0.0035, 0.013}
     for cfg in by_lambda.values():
-        # fixed keys are inherited, the parent section wins, searched keys never reach a parent
+        # the parent section, the match keys and the data keys; nothing else of fixed, no searched key
         assert (cfg["objective"], cfg["epochs"], cfg["lr"], cfg["patch_size"]) == ("standard", 2, 1e-3, 64)
-        assert "w_lr" not in cfg and cfg["preset"] == "tiny"
+        assert "w_lr" not in cfg and cfg["preset"] == "tiny" and cfg["num_workers"] == 0
+        assert "steps_per_epoch" in cfg and "codec_interval" in cfg  # from the parent section
+        assert cfg.get("data") is None  # not set in fixed: the default
     # Every trial's parent key is one of the parents'.
     for cfg in sp.trial_configs(space):
         assert sp.parent_key(cfg) in configs
@@ -144,7 +147,9 @@ class Stop(Exception):
 
 
 def one_parent(folder, storage, epochs=2):
-    space = space_with_parent(folder, parent={"objective": "standard", "epochs": epochs, "lr": 1e-3},
+    space = space_with_parent(folder, parent={"objective": "standard", "epochs": epochs, "lr": 1e-3,
+                                              "steps_per_epoch": 2, "batch_size": 2, "patch_size": 64,
+                                              "codec_interval": 0},
                               params={"lmbda": {"type": "grid", "values": [0.013]}})
     (parent,) = pa.plan_parents(space, str(storage))
     return parent
@@ -213,7 +218,9 @@ def test_trials_start_from_the_parent_weights(folder, tmp_path):
     parent = one_parent(folder, tmp_path, epochs=1)
     pa.ensure_parents([parent], in_process=True)
     space = pa.with_parents(space_with_parent(folder, params={"lmbda": {"type": "grid", "values": [0.013]}},
-                                              parent={"objective": "standard", "epochs": 1, "lr": 1e-3}),
+                                              parent={"objective": "standard", "epochs": 1, "lr": 1e-3,
+                                                      "steps_per_epoch": 2, "batch_size": 2, "patch_size": 64,
+                                                      "codec_interval": 0}),
                             [parent])
     trial = sp.training_config(sp.trial_configs(space)[0])
     child = Engine(RunConfig.from_dict(trial), workdir=tmp_path / "child")

@@ -37,7 +37,9 @@ def test_presets_parse_and_cover_the_studies():
     assert len(spaces["ablation_gamma"].configurations) == 3
     assert len(spaces["gamma_strategies"].configurations) == 5
     assert len(spaces["balanced_grid"].configurations) == 12
-    assert set(spaces["objectives"].configurations) == {"standard", "balanced", "hierarchical", "hierarchical (ratio)"}
+    assert set(spaces["objectives"].configurations) == {"standard (continued)", "standard (cautious adam)", "balanced",
+                                                        "hierarchical", "hierarchical (ratio)"}
+    assert all(s.parent is not None for s in spaces.values())  # every preset fine-tunes from parents
     for name, s in spaces.items():
         if name != "default":
             assert len(s.lambdas()) >= 4, name
