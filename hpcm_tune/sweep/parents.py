@@ -7,9 +7,10 @@ budgets they collapse.
 
 ``plan_parents`` gives one ``Parent`` per distinct value of the match keys (space.PARENT_MATCH_KEYS: lambda,
 preset, distortion) of the sweep's trials. Its config is the parent section over the defaults, with those match
-keys and the sweep's data and machine keys (space.PARENT_INHERITED_KEYS). Each is cached under ``<storage>/parents/<name>/`` by a digest of
-its resolved config and the model's architecture fingerprint, so every later sweep that asks for the same
-parent (on this machine or on a cluster's shared storage) reuses it. The directory is a run directory as
+keys and the sweep's data and machine keys (space.PARENT_INHERITED_KEYS). Each is cached under
+``<storage>/parents/<name>/`` by a digest of its resolved config and the model's architecture fingerprint, so
+every later sweep that asks for the same parent (on this machine, on a cluster's shared file system or in an
+object store) reuses it. The directory is a run directory as
 ``hpcm-train --out`` writes it (``params.json``, ``result.json``, ``checkpoints/``) plus ``parent.json``,
 written last: a parent without it is unfinished, and continues from its checkpoints the next time it is
 asked for (an interrupted parent stage resumes with the sweep). A cached parent whose marker, digest or
@@ -28,7 +29,7 @@ import shutil
 import sys
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -98,11 +99,11 @@ class Parent:
         return int(resolved_config(self.config)["epochs"])
 
     def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+        return {"name": self.name, **asdict(self)}
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> Parent:
-        return cls(**dict(data))
+        return cls(**{f.name: data[f.name] for f in fields(cls) if f.name in data})
 
 
 def plan_parents(space: SearchSpace, storage: str, engine: str = "hpcm") -> list[Parent]:
@@ -171,6 +172,29 @@ def _local(path: str) -> Path | None:
     return None if "://" in path else Path(path)
 
 
+def copy_tree(source: str, destination: str) -> None:
+    """Copy a directory between a local path and a URI (s3://, gs://, file://) or between two of either."""
+    import pyarrow.fs
+
+    def fs(path: str) -> tuple[Any, str]:
+        if "://" in path:
+            return pyarrow.fs.FileSystem.from_uri(path)
+        return pyarrow.fs.LocalFileSystem(), str(Path(path).resolve())
+
+    (src_fs, src), (dst_fs, dst) = fs(source), fs(destination)
+    dst_fs.create_dir(dst, recursive=True)
+    pyarrow.fs.copy_files(src, dst, source_filesystem=src_fs, destination_filesystem=dst_fs)
+
+
+def fetch(path: str, scratch: str | Path) -> str:
+    """A local directory holding ``path``: the path itself, or a copy of a URI under ``scratch``."""
+    if _local(path) is not None:
+        return path
+    local = Path(scratch) / Path(path.rstrip("/")).name
+    copy_tree(path, str(local))
+    return str(local)
+
+
 def read_done(parent: Parent) -> dict[str, Any] | None:
     """The parent's finished marker, or None when it has none or it cannot be read."""
     from hpcm_tune.sweep.launcher import exists, join, read_json
@@ -211,14 +235,17 @@ def verify(parent: Parent) -> str | None:
         return "no finished marker"
     if done.get("digest") != parent.digest or done.get("fingerprint") != parent.fingerprint:
         return f"{DONE_FILE} does not match this parent's config"
-    local = _local(parent.path)
-    if local is None or parent.engine != "hpcm":
-        return None  # object storage: trials load it themselves and fail loudly; a stand-in engine has no weights
-    try:
-        _, used = load_model_weights(local, parent.config["preset"], parent.fingerprint)
-        epoch = int(read_state(used)["epoch"])
-    except (CheckpointError, OSError, KeyError, ValueError) as error:
-        return f"its checkpoint is unusable: {error}"
+    if parent.engine != "hpcm":
+        return None  # a stand-in engine (tests) has no weights to check
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="hpcm-parent-") as scratch:
+        try:
+            local = fetch(parent.path, scratch)
+            _, used = load_model_weights(local, parent.config["preset"], parent.fingerprint)
+            epoch = int(read_state(used)["epoch"])
+        except (CheckpointError, OSError, KeyError, ValueError) as error:
+            return f"its checkpoint is unusable: {error}"
     if epoch != parent.epochs:
         return f"its newest readable checkpoint is at epoch {epoch}, not {parent.epochs}"
     return None
@@ -240,10 +267,19 @@ def train_parent(parent: Parent) -> dict[str, Any]:
     from hpcm_tune.sweep.trainable import resolve_engine
 
     torch.set_num_threads(max(1, int(parent.cpus)))
-    local = _local(parent.path)
-    if local is None:
-        raise ValueError(f"parents on object storage ({parent.path}) are not supported yet: use a local or "
-                         f"shared-file-system --storage for sweeps with a parent section")
+    remote = None if _local(parent.path) is not None else parent.path
+    if remote is None:
+        local = Path(parent.path)
+    else:  # object storage: train in a scratch folder, continue from what the storage holds, upload each epoch
+        import tempfile
+
+        from hpcm_tune.sweep.launcher import exists
+
+        local = Path(tempfile.gettempdir()) / "hpcm-tune-parents" / parent.name
+        if local.exists():
+            shutil.rmtree(local)
+        if exists(remote):
+            copy_tree(remote, str(local))
     local.mkdir(parents=True, exist_ok=True)
     (local / PARAMS_FILE).write_text(json.dumps(parent.config, indent=2) + "\n")
     engine = resolve_engine(parent.engine)(dict(parent.config), local)
@@ -260,12 +296,14 @@ def train_parent(parent: Parent) -> dict[str, Any]:
             except json.JSONDecodeError:
                 continue  # a line cut by a kill: redone
     results.write_text("".join(line + "\n" for line in kept))
-    start = time.monotonic()
+    start, resumed_from = time.monotonic(), engine.epoch
     total = parent.epochs
 
     def on_epoch(m: Mapping[str, float], _checkpoint: Path) -> None:
         with results.open("a") as f:
             f.write(json.dumps(dict(m)) + "\n")
+        if remote is not None:
+            copy_tree(str(local), remote)
         psnr, bpp = m.get(metrics.EVAL_PSNR, float("nan")), m.get(metrics.EVAL_BPP, float("nan"))
         _print(f"[parent {parent.name}] epoch {int(m[metrics.EPOCH])}/{total}  loss {m[metrics.TRAIN_LOSS]:.4g}  "
                f"eval psnr {psnr:.2f} dB  bpp {bpp:.4f}  ({time.monotonic() - start:.0f} s)")
@@ -283,6 +321,7 @@ def train_parent(parent: Parent) -> dict[str, Any]:
         "config": parent.config,
         "epochs": engine.epoch,
         "steps": getattr(engine, "step", None),
+        "resumed_from_epoch": resumed_from,  # > 0: an interrupted parent stage continued from its checkpoint
         "train_s": round(time.monotonic() - start, 1),
         "final": {k: last.get(k) for k in (metrics.EVAL_PSNR, metrics.EVAL_BPP, metrics.EVAL_LOSS,
                                            metrics.EVAL_Y_SHARE, metrics.EVAL_COLLAPSED, metrics.EVAL_FLAT_PSNR)},
@@ -291,6 +330,13 @@ def train_parent(parent: Parent) -> dict[str, Any]:
         "lmbda": lmbda,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
+    if remote is not None:
+        from hpcm_tune.sweep.launcher import join, write_json
+
+        copy_tree(str(local), remote)
+        write_json(join(remote, DONE_FILE), done)  # last: the upload is complete
+        shutil.rmtree(local, ignore_errors=True)
+        return done
     tmp = local / f".{DONE_FILE}.tmp"
     tmp.write_text(json.dumps(done, indent=2) + "\n")
     tmp.replace(local / DONE_FILE)
@@ -301,6 +347,11 @@ def _remove(parent: Parent) -> None:
     local = _local(parent.path)
     if local is not None and local.exists():
         shutil.rmtree(local)
+    elif local is None:
+        import pyarrow.fs
+
+        fs, path = pyarrow.fs.FileSystem.from_uri(parent.path)
+        fs.delete_dir(path)
 
 
 def ensure_parents(parents: Sequence[Parent], in_process: bool = False) -> list[dict[str, Any]]:

@@ -19,7 +19,7 @@ from typing import Any
 
 from hpcm_tune import metrics
 from hpcm_tune.registry import Registry
-from hpcm_tune.sweep.space import training_config
+from hpcm_tune.sweep.space import INIT_FROM_KEY, PARENTS_KEY, training_config
 
 # Engine factories by name, as "module:attribute" (imported in the trial's worker):
 # factory(config, workdir) -> engine, where workdir is a scratch folder for its checkpoints.
@@ -41,6 +41,21 @@ def hpcm_engine(config: Mapping[str, Any], workdir: str | Path) -> Any:
     from hpcm_tune.engine import Engine
 
     return Engine(RunConfig.from_dict(training_config(config)), workdir=workdir)
+
+
+def localize_init_from(config: Mapping[str, Any], scratch: str) -> dict[str, Any]:
+    """The trial config with a parent or ``init_from`` on object storage (a URI) copied under ``scratch``, since
+    the engine reads local checkpoints. A trial resumed from its own checkpoint downloads nothing."""
+    from ray import tune
+
+    from hpcm_tune.sweep.parents import fetch
+
+    source = training_config(config).get(INIT_FROM_KEY)
+    if source is None or "://" not in str(source) or tune.get_checkpoint() is not None:
+        return dict(config)
+    out = {k: v for k, v in config.items() if k != PARENTS_KEY}
+    out[INIT_FROM_KEY] = fetch(str(source), Path(scratch) / "init_from")
+    return out
 
 
 def resolve_engine(name: str) -> Callable[[Mapping[str, Any]], Any]:
@@ -82,6 +97,7 @@ def run_trial(config: Mapping[str, Any], engine: str, watched: tuple[str, ...]) 
     # Scratch space for the engine's checkpoints: each is copied to the experiment's storage when reported,
     # so the folder goes when the trial ends (it never lands in the experiment directory).
     with tempfile.TemporaryDirectory(prefix="hpcm-trial-") as workdir:
+        config = localize_init_from(config, workdir)
         run = resolve_engine(engine)(dict(config), workdir)
         checkpoint = tune.get_checkpoint()
         if checkpoint is not None:
