@@ -57,7 +57,7 @@ class Codec:
     options: dict = field(default_factory=dict)
 
     def describe(self) -> str:
-        """'JPEG (Pillow q5–95)', the legend label."""
+        """'JPEG (Pillow q1–95)', the legend label."""
         return f"{self.label} (Pillow q{min(self.qualities)}–{max(self.qualities)})"
 
     def library_version(self) -> str | None:
@@ -87,11 +87,11 @@ class Codec:
         return None
 
 
-# The one table of reference codecs. Ladders reach from below 0.25 bpp (JPEG q5 is about 0.2 bpp on the bundled
-# test photos; WebP and AVIF go lower) to about 3 bpp. Options are Pillow's defaults, written out so they are
+# The one table of reference codecs. Ladders reach from each codec's lowest rate (JPEG q1 is about 0.18 bpp on the
+# bundled test photos, the least JPEG can spend there; WebP and AVIF go lower) to about 3 bpp. Options are Pillow's defaults, written out so they are
 # part of the cache key: JPEG 4:2:0 chroma subsampling, WebP method 4, AVIF speed 6.
 CODECS: Registry[Codec] = Registry("reference codec")
-CODECS.add("jpeg", Codec("JPEG", "JPEG", (5, 10, 15, 20, 25, 30, 40, 50, 60, 70, 75, 80, 85, 90, 95), None,
+CODECS.add("jpeg", Codec("JPEG", "JPEG", (1, 3, 5, 10, 15, 20, 25, 30, 40, 50, 60, 70, 75, 80, 85, 90, 95), None,
                          {"subsampling": 2, "optimize": False}))
 CODECS.add("webp", Codec("WebP", "WEBP", (0, 5, 10, 20, 30, 40, 50, 60, 70, 80, 90, 95), "webp", {"method": 4}))
 CODECS.add("avif", Codec("AVIF", "AVIF", (0, 10, 20, 30, 40, 50, 60, 70, 80, 90), "avif", {"speed": 6}))
