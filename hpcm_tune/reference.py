@@ -88,8 +88,9 @@ class Codec:
 
 
 # The one table of reference codecs. Ladders reach from each codec's lowest rate (JPEG q1 is about 0.18 bpp on the
-# bundled test photos, the least JPEG can spend there; WebP and AVIF go lower) to about 3 bpp. Options are Pillow's defaults, written out so they are
-# part of the cache key: JPEG 4:2:0 chroma subsampling, WebP method 4, AVIF speed 6.
+# bundled test photos, the least JPEG can spend there; WebP and AVIF go lower) to about 3 bpp. Options are
+# Pillow's defaults, written out so they are part of the cache key: JPEG 4:2:0 chroma subsampling, WebP method 4,
+# AVIF speed 6.
 CODECS: Registry[Codec] = Registry("reference codec")
 CODECS.add("jpeg", Codec("JPEG", "JPEG", (1, 3, 5, 10, 15, 20, 25, 30, 40, 50, 60, 70, 75, 80, 85, 90, 95), None,
                          {"subsampling": 2, "optimize": False}))

@@ -361,6 +361,17 @@ def _run_config_defaults() -> dict | None:
     return {k: _hashable(v) for k, v in flat_defaults().items()}
 
 
+def _at_defaults(part: pd.DataFrame, labels: list[str]) -> list[str]:
+    """The configurations among ``labels`` whose values of the keys that vary in ``part`` are the defaults."""
+    defaults = _run_config_defaults()
+    if not defaults:
+        return []
+    varying = [c for c in defaults if c in part.columns and c not in NOT_HYPERPARAMETERS
+               and part[c].map(_fmt_or_none).nunique(dropna=False) > 1]
+    return [lb for lb in labels if varying and all(
+        _equal(part.loc[part["configuration"] == lb, c].iloc[0], defaults[c]) for c in varying)]
+
+
 def choose_baseline(part: pd.DataFrame, options: AnalysisOptions, header_baseline=None) -> tuple[str | None, str]:
     """The baseline configuration of one study and why it was chosen: ``--baseline``; else the ``standard``
     objective; else the study's default configuration (hpcm_tune.json's baseline, else the one matching the
@@ -381,20 +392,19 @@ def choose_baseline(part: pd.DataFrame, options: AnalysisOptions, header_baselin
                                             == DEFAULT_BASELINE_OBJECTIVE).any()]
         if len(standard) == 1:
             return standard[0], note + f"the {DEFAULT_BASELINE_OBJECTIVE} objective"
+        if len(standard) > 1:  # e.g. standard with Adam and with Cautious Adam: the one at the training defaults
+            at_defaults = _at_defaults(part[part["configuration"].isin(standard)], standard)
+            if len(at_defaults) == 1:
+                return at_defaults[0], note + f"the {DEFAULT_BASELINE_OBJECTIVE} objective at the training defaults"
     if header_baseline:
         specs = (header_baseline,) if isinstance(header_baseline, str) else tuple(
             f"{k}={json.dumps(v)}" for k, v in dict(header_baseline).items())
         chosen = match_baseline(part, specs)
         if len(chosen) == 1:
             return chosen[0], note + "the study's default configuration (hpcm_tune.json)"
-    defaults = _run_config_defaults()
-    if defaults:
-        varying = [c for c in defaults if c in part.columns and c not in NOT_HYPERPARAMETERS
-                   and part[c].map(_fmt_or_none).nunique(dropna=False) > 1]
-        matching = [lb for lb in labels if varying and all(
-            _equal(part.loc[part["configuration"] == lb, c].iloc[0], defaults[c]) for c in varying)]
-        if len(matching) == 1:
-            return matching[0], note + "the study's default configuration (training defaults)"
+    matching = _at_defaults(part, labels)
+    if len(matching) == 1:
+        return matching[0], note + "the study's default configuration (training defaults)"
     named = [lb for lb in labels if "default" in lb.lower()]
     if len(named) == 1:
         return named[0], note + "the configuration labeled default"

@@ -88,6 +88,19 @@ def test_baseline_choice_standard_then_user_spec(storage, trial):
         AnalysisOptions(method="akima")
 
 
+def test_two_standard_configurations_take_the_one_at_the_training_defaults_as_baseline(storage, trial):
+    # The objectives preset: standard with Adam (the fair control) and with Cautious Adam.
+    trials = [trial(label, lam, objective=obj, study="objectives", psnr_offset=off, config={"optimizer": opt})
+              for label, obj, opt, off in (("standard (cautious adam)", "standard", "cautious_adam", 0.1),
+                                           ("standard (continued)", "standard", "adam", 0.0),
+                                           ("hierarchical", "hierarchical", "adam", 0.3))
+              for lam in LAMBDAS]
+    write_experiment_dir(storage, "exp", trials)
+    st = build_report(load_experiments([storage / "exp"])).studies[0]
+    assert st.baseline == "standard (continued)" and "training defaults" in st.baseline_reason
+    assert _row(st, "standard (cautious adam)")["BD-PSNR (dB)"] == pytest.approx(0.1, abs=1e-6)
+
+
 def test_seeds_give_mean_and_std_and_flag_differences_within_noise(storage, scale_weight_trials):
     offsets = {"s3 emphasis": {"psnr_offset": 0.5}, "s1 emphasis": {"psnr_offset": 0.002}}
     report = _report(storage, "exp", scale_weight_trials(seeds=(0, 1, 2), offsets=offsets, noise=0.05))
