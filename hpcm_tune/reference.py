@@ -291,6 +291,27 @@ class ReferenceSet:
         return CODECS.get(codec).describe()
 
 
+def compare_point(bpp: float, psnr: float, curve: tuple[np.ndarray, np.ndarray], name: str = "JPEG") -> dict:
+    """Whether an R-D point (bpp, PSNR) beats a reference codec's curve (sorted by rate): within the curve's
+    rates, PSNR above the curve (linear in log rate between its points); below its lowest rate, PSNR at least
+    that of its lowest-rate point (the point dominates everything the codec can do there); above its highest
+    rate, undecided. Returns ``{"beats": True | False | None, "margin_db": float | None, "how": text}``."""
+    rates, quality = (np.asarray(v, dtype=np.float64) for v in curve)
+    if len(rates) == 0 or not (math.isfinite(bpp) and math.isfinite(psnr)) or bpp <= 0:
+        return {"beats": None, "margin_db": None, "how": f"n/a (no {name} curve or no finite point)"}
+    if bpp < rates[0]:
+        margin = psnr - quality[0]
+        return {"beats": bool(margin >= 0), "margin_db": float(margin),
+                "how": f"{'dominates' if margin >= 0 else 'does not dominate'} {name}'s lowest-rate point "
+                       f"({rates[0]:.4f} bpp, {quality[0]:.2f} dB) at {bpp:.4f} bpp: {margin:+.2f} dB"}
+    if bpp > rates[-1]:
+        return {"beats": None, "margin_db": None, "how": f"n/a (above {name}'s highest rate, {rates[-1]:.3g} bpp)"}
+    reference = float(np.interp(math.log(bpp), np.log(rates), quality))
+    margin = psnr - reference
+    return {"beats": bool(margin > 0), "margin_db": float(margin),
+            "how": f"{'above' if margin > 0 else 'below'} {name}'s curve at {bpp:.4f} bpp by {abs(margin):.2f} dB"}
+
+
 def reference_points(data: str = SAMPLES, eval_max_images: int = 0, codecs: tuple[str, ...] | None = None,
                      cache: str | Path | None = None) -> ReferenceSet:
     """Reference codec points on the engine's evaluation images of ``data`` (see the module docstring).

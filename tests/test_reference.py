@@ -149,3 +149,17 @@ def test_samples_jpeg_ladder_covers_low_and_high_rates(cache):
     assert ref.images == ["chelsea", "coffee"]  # hpcm_tune.data.SAMPLE_TEST
     bpp, psnr = ref.curve("jpeg")
     assert bpp[0] < 0.3 and bpp[-1] > 2.0 and 20 < psnr[0] < psnr[-1] < 45
+
+
+def test_compare_point_against_a_curve():
+    from hpcm_tune.reference import compare_point
+
+    curve = (np.array([0.2, 0.4, 0.8]), np.array([22.0, 26.0, 30.0]))
+    inside = compare_point(0.4 * 2**0.5, 28.5, curve)  # halfway in log rate: the curve is at 28 dB there
+    assert inside["beats"] is True and inside["margin_db"] == pytest.approx(0.5)
+    assert compare_point(0.3, 22.0, curve)["beats"] is False
+    assert compare_point(0.1, 22.5, curve)["beats"] is True  # dominates the lowest-rate point
+    assert "lowest-rate point" in compare_point(0.1, 21.0, curve)["how"]
+    assert compare_point(0.1, 21.0, curve)["beats"] is False
+    assert compare_point(1.0, 40.0, curve)["beats"] is None  # beyond the codec's reach: undecided
+    assert compare_point(float("nan"), 30.0, curve)["beats"] is None

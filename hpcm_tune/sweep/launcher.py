@@ -377,7 +377,7 @@ def format_summary(summary: Mapping[str, Any]) -> str:
              f"{summary['epochs_run']} epochs in all."]
     for p in summary.get("parents", []):
         point = "" if p.get("psnr") is None else (f": {p['psnr']:.2f} dB at {p['bpp']:.4f} bpp, lambda*D "
-                                                  f"{p['lambda_d']:.3g}")
+                                                  f"{p['lambda_d']:.3g}; {p.get('vs_jpeg', 'vs JPEG n/a')}")
         lines.append(f"Parent {p['name']} ({'cached' if p['cached'] else 'trained now'}, {p['epochs']} epochs, "
                      f"{p['steps']} steps){point}")
     collapsed = summary.get("collapsed", [])

@@ -394,11 +394,35 @@ def ensure_parents(parents: Sequence[Parent], in_process: bool = False) -> list[
     return [rows[p.key] for p in parents]
 
 
+def versus_jpeg(done: Mapping[str, Any]) -> dict[str, Any]:
+    """The parent's final point against JPEG on the same evaluation images (hpcm_tune.reference): is it a
+    codec worth fine-tuning? ``{"beats": bool | None, "how": text}``; n/a when it cannot be computed."""
+    import warnings
+
+    from hpcm_tune.reference import ANCHOR, CODECS, compare_point, reference_points
+
+    final, config = done.get("final") or {}, done.get("config") or {}
+    psnr, bpp = final.get(metrics.EVAL_PSNR), final.get(metrics.EVAL_BPP)
+    if psnr is None or bpp is None:
+        return {"beats": None, "how": "n/a (no evaluation)"}
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            reference = reference_points(config.get("data", "samples"), int(config.get("eval_max_images", 0)),
+                                         codecs=(ANCHOR,))
+        curve = reference.curve(ANCHOR)
+    except Exception as error:  # a data folder that is gone, a Pillow without the codec: say so, go on
+        return {"beats": None, "how": f"n/a ({type(error).__name__}: {error})"}
+    return compare_point(float(bpp), float(psnr), curve, CODECS.get(ANCHOR).label)
+
+
 def _row(done: Mapping[str, Any]) -> dict[str, Any]:
     final = done.get("final") or {}
+    jpeg = versus_jpeg(done)
     return {"epochs": done.get("epochs"), "steps": done.get("steps"), "psnr": final.get(metrics.EVAL_PSNR),
             "bpp": final.get(metrics.EVAL_BPP), "lambda_d": done.get("lambda_d"), "lmbda": done.get("lmbda"),
-            "collapsed": final.get(metrics.EVAL_COLLAPSED), "train_s": done.get("train_s")}
+            "collapsed": final.get(metrics.EVAL_COLLAPSED), "train_s": done.get("train_s"),
+            "beats_jpeg": jpeg["beats"], "vs_jpeg": jpeg["how"]}
 
 
 def _point(done: Mapping[str, Any]) -> str:
@@ -406,7 +430,7 @@ def _point(done: Mapping[str, Any]) -> str:
     if r["psnr"] is None:
         return f"{r['epochs']} epochs"
     return (f"{r['epochs']} epochs, {r['steps']} steps: {r['psnr']:.2f} dB at {r['bpp']:.4f} bpp, "
-            f"lambda*D {r['lambda_d']:.3g}")
+            f"lambda*D {r['lambda_d']:.3g}; {r['vs_jpeg']}")
 
 
 __all__ = ["DONE_FILE", "PARENTS_DIR", "Parent", "ParentError", "check_init_from", "ensure_parents",
