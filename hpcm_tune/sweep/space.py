@@ -55,6 +55,8 @@ PARENT_MATCH_KEYS: tuple[str, ...] = (LAMBDA_KEY, "preset", "distortion")
 PARENT_INHERITED_KEYS: tuple[str, ...] = ("data", "eval_max_images", "num_workers", "device", "amp", "compile",
                                           "channels_last")
 PARENT_LABEL = "parent"
+# Parents are shared by sweeps, so they belong to no sweep's study: analyze.py over a storage shows them apart.
+PARENT_STUDY = "parents"
 # The fixed key that carries the sweep's parents to the trials: JSON {parent_key: parent directory}.
 PARENTS_KEY = f"{INTERNAL_PREFIX}parents"
 INIT_FROM_KEY = "init_from"
@@ -568,7 +570,7 @@ def parent_configs(space: SearchSpace) -> dict[str, dict[str, Any]]:
         key = parent_key(cfg)
         if key not in out:
             match = {k: cfg[k] for k in PARENT_MATCH_KEYS if k in cfg}
-            out[key] = {**base, **match, SEED_KEY: space.seed, **space.parent, "study": space.study,
+            out[key] = {**base, **match, SEED_KEY: space.seed, **space.parent, "study": PARENT_STUDY,
                         "label": PARENT_LABEL}
     return out
 
