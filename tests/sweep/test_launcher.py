@@ -54,10 +54,11 @@ def test_bad_values_name_the_flag_or_key(argv, needle, capsys, tmp_path):
     assert needle in capsys.readouterr().err
 
 
-def test_dry_run_lists_trial_configs(capsys):
-    assert cli.main(["--space", "objectives", "--dry-run", "--set", "preset=tiny"]) == 0
+def test_dry_run_lists_trial_configs(capsys, tmp_path):
+    assert cli.main(["--space", "objectives", "--dry-run", "--set", "preset=tiny", "--storage", str(tmp_path)]) == 0
     out = capsys.readouterr().out
-    assert "16 trials" in out and "'label': 'hierarchical'" in out
+    assert "20 trials" in out and "'label': 'hierarchical'" in out
+    assert "4 parent(s)" in out and out.count(": missing; 30 epochs, objective standard") == 4
 
 
 def test_flag_overrides_reach_the_space():
