@@ -147,6 +147,14 @@ def run(args: argparse.Namespace) -> dict[str, float]:
     if has_checkpoints and not args.resume:
         raise ValueError(f"--out {out} already holds checkpoints; pass --resume to continue it or choose "
                          f"another --out")
+    # Data, model, checkpoint and init_from are checked before anything is written to the run directory.
+    engine = Engine(config, workdir=out)
+    if args.resume and has_checkpoints:
+        used = engine.restore(out / "checkpoints")
+        print(f"resumed from {used} (epoch {engine.epoch})", file=sys.stderr)
+    elif config.model.init_from is not None:  # a resumed run never reads init_from again
+        used = engine.warm_start()
+        print(f"warm-started from {used} (model weights only)", file=sys.stderr)
     out.mkdir(parents=True, exist_ok=True)
     params = out / "params.json"
     if params.is_file():
@@ -156,15 +164,7 @@ def run(args: argparse.Namespace) -> dict[str, float]:
             warnings.warn(f"{params} differs from this run's config in {', '.join(changed)}; rewriting it",
                           stacklevel=2)
     _write_json_atomic(params, config.to_dict())
-
-    engine = Engine(config, workdir=out)
     results = out / "result.json"
-    if args.resume and has_checkpoints:
-        used = engine.restore(out / "checkpoints")
-        print(f"resumed from {used} (epoch {engine.epoch})", file=sys.stderr)
-    elif config.model.init_from is not None:  # a resumed run never reads init_from again
-        used = engine.warm_start()
-        print(f"warm-started from {used} (model weights only)", file=sys.stderr)
     # Keep the results of the epochs the checkpoint covers; later lines are redone.
     kept = []
     if results.is_file():

@@ -162,4 +162,4 @@ def test_init_from_a_missing_path_exits_2_before_training(folder, tmp_path, caps
     with pytest.raises(SystemExit) as info:
         main(["--quiet", "-d", str(folder), "--out", str(tmp_path / "run"), "--init-from", str(tmp_path / "nope")])
     assert info.value.code == 2 and "no such file or directory" in capsys.readouterr().err
-    assert not (tmp_path / "run" / "checkpoints").exists()
+    assert not (tmp_path / "run").exists()  # checked before anything is written
