@@ -18,14 +18,6 @@ from hpcm_tune.optim import CautiousAdam
 from hpcm_tune.testing import TinyCompressionModel, make_image_folder
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)  # shared machine: tiny models are overhead-bound, extra threads only spin
-    yield
-    torch.set_num_threads(previous)
-
-
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory):
     return make_image_folder(tmp_path_factory.mktemp("data"), n_train=4, n_test=2, size=(64, 96))
