@@ -365,8 +365,9 @@ class Engine:
         model = self.model
         model.eval()
         rows: list[dict[str, float]] = []
+        per_image: dict[str, float] = {}
         images = list(eval_images(self.test_source))
-        for _name, x in images:
+        for name, x in images:
             x = x.to(self.device)
             padded, pad = pad_to_multiple(x, self.pad_multiple)
             with self._autocast():
@@ -382,11 +383,14 @@ class Engine:
                 row[M.EVAL_BPP_SCALE[scale]] = float(terms[RATE_KEYS[f"y_{scale}"]])
             row[M.EVAL_FLAT_PSNR] = flat_colour_psnr(x)
             rows.append(row)
+            per_image[M.eval_image_metric(name, "psnr")] = row[M.EVAL_PSNR]
+            per_image[M.eval_image_metric(name, "bpp")] = row[M.EVAL_BPP]
         if not rows:
             raise RuntimeError("no test image could be read for evaluation")
         result = {k: sum(r[k] for r in rows) / len(rows) for k in rows[0]}
         if not math.isfinite(result[M.EVAL_LOSS]):
             raise NonFiniteTrainingError(f"evaluation loss is {result[M.EVAL_LOSS]} at epoch {self.epoch}")
+        result.update(per_image)
         result[M.EVAL_Y_SHARE] = M.y_rate_share(result[M.EVAL_BPP], result[M.EVAL_BPP_Z])
         result[M.EVAL_COLLAPSED] = float(M.is_collapsed(result[M.EVAL_Y_SHARE], result[M.EVAL_PSNR],
                                                         result[M.EVAL_FLAT_PSNR]))

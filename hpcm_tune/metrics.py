@@ -90,6 +90,28 @@ COLLAPSE_Y_SHARE = 0.05
 # reconstruction that is the mean colour lands on the reference up to float rounding (~1e-8 dB), on either side.
 COLLAPSE_PSNR_TOLERANCE_DB = 0.01
 
+# Per evaluation image (analyze.py's per-image table): eval_image/<image>/psnr and eval_image/<image>/bpp.
+EVAL_IMAGE_PREFIX = "eval_image/"
+EVAL_IMAGE_QUANTITIES: tuple[str, ...] = ("psnr", "bpp")
+
+
+def eval_image_metric(image: str, quantity: str) -> str:
+    """'eval_image/<image>/<quantity>', the image name reduced to letters, digits and ._- (a file name such as
+    'kodim01.png' stays as it is)."""
+    if quantity not in EVAL_IMAGE_QUANTITIES:
+        raise ValueError(f"quantity: got {quantity!r}; allowed: {', '.join(EVAL_IMAGE_QUANTITIES)}")
+    safe = "".join(c if c.isalnum() or c in "._-" else "_" for c in str(image)) or "_"
+    return f"{EVAL_IMAGE_PREFIX}{safe}/{quantity}"
+
+
+def parse_eval_image_metric(name: str) -> tuple[str, str] | None:
+    """(image, quantity) of a per-image metric name, or None for any other name."""
+    if not name.startswith(EVAL_IMAGE_PREFIX):
+        return None
+    image, _, quantity = name[len(EVAL_IMAGE_PREFIX):].rpartition("/")
+    return (image, quantity) if image and quantity in EVAL_IMAGE_QUANTITIES else None
+
+
 DISTORTION_SUFFIX = "distortion"
 RATE_SUFFIX = "bpp"
 

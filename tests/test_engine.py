@@ -61,9 +61,15 @@ def _run(engine, stop_after=None):
 def test_metrics_carry_exactly_the_documented_names(folder, tmp_path):
     reports = _run(Engine(_config(folder, epochs=1), workdir=tmp_path))
     (metrics,) = reports
-    expected = {M.EPOCH, M.TRAIN_LOSS, M.TRAIN_PSNR, M.TRAIN_BPP, M.TRAIN_SKIPPED_STEPS, *M.TRAIN_TASKS.values(),
-                *M.WEIGHTS.values(), *M.SCALE_CONTRIB.values(), *M.GAMMA.values(), *M.EVAL_METRICS,
-                M.TRAIN_LAMBDA_EFF, M.EVAL_Y_SHARE, M.EVAL_FLAT_PSNR, M.EVAL_COLLAPSED}
+    images = [name for name, _ in eval_images(Engine(_config(folder, epochs=1), workdir=tmp_path / "b").test_source)]
+    per_image = {M.eval_image_metric(name, q) for name in images for q in M.EVAL_IMAGE_QUANTITIES}
+    assert len(per_image) == 2 * len(images) == 4
+    # Per image, then averaged: the mean of the per-image values is the reported one.
+    for q, key in (("psnr", M.EVAL_PSNR), ("bpp", M.EVAL_BPP)):
+        assert sum(metrics[M.eval_image_metric(n, q)] for n in images) / len(images) == pytest.approx(metrics[key])
+    expected = {*per_image, M.EPOCH, M.TRAIN_LOSS, M.TRAIN_PSNR, M.TRAIN_BPP, M.TRAIN_SKIPPED_STEPS,
+                *M.TRAIN_TASKS.values(), *M.WEIGHTS.values(), *M.SCALE_CONTRIB.values(), *M.GAMMA.values(),
+                *M.EVAL_METRICS, M.TRAIN_LAMBDA_EFF, M.EVAL_Y_SHARE, M.EVAL_FLAT_PSNR, M.EVAL_COLLAPSED}
     assert set(metrics) == expected
     assert metrics[M.EPOCH] == 1 and all(math.isfinite(v) for v in metrics.values())
     assert sum(metrics[M.WEIGHTS[t]] for t in M.TASKS) == pytest.approx(1.0)

@@ -92,3 +92,13 @@ def test_y_rate_share():
 ])
 def test_is_collapsed(y_share, psnr, flat, collapsed):
     assert metrics.is_collapsed(y_share, psnr, flat) is collapsed
+
+
+def test_per_image_metric_names_round_trip():
+    assert metrics.eval_image_metric("kodim01.png", "psnr") == "eval_image/kodim01.png/psnr"
+    assert metrics.eval_image_metric("a b/c", "bpp") == "eval_image/a_b_c/bpp"
+    assert metrics.parse_eval_image_metric("eval_image/kodim01.png/bpp") == ("kodim01.png", "bpp")
+    assert metrics.parse_eval_image_metric(metrics.EVAL_PSNR) is None
+    assert metrics.parse_eval_image_metric("eval_image/x/ssim") is None
+    with pytest.raises(ValueError, match="psnr, bpp"):
+        metrics.eval_image_metric("x", "ssim")
