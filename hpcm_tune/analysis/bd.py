@@ -10,7 +10,15 @@ interval where the curves overlap, and average the difference. The BD-rate is th
   sheets; monotone, no overshoot), needs at least 2 points.
 
 Log base 10 is used everywhere, for the fit and for the conversion back (mixing log10 with exp is a known
-bug of some copies of the VCEG script). The results agree with the ``bjontegaard`` package.
+bug of some copies of the VCEG script). Our ``pchip`` is the ``bjontegaard`` package's ``method='pchip'``
+(scipy's PchipInterpolator, integrated exactly) and our ``cubic`` its ``method='cubic'`` (np.polyfit of
+degree 3, integrated exactly); both with the package's overlap interval, and ``require_matching_points=False``
+when the curves have different numbers of points. Where the package accepts the input the values are equal.
+
+The package refuses points that are not a curve (its PCHIP needs strictly monotone x and asserts the
+direction), but sorting, as :func:`bd_rate` does, would silently integrate them: PSNR falling while the rate
+rises, or points spanning a few hundredths of a dB, give BD-rate and BD-PSNR of opposite signs. So callers
+that have the points in lambda order check them with :func:`curve_problem` first (or pass ``min_span_db``).
 """
 
 from __future__ import annotations
@@ -26,6 +34,8 @@ from hpcm_tune.registry import Registry
 
 # Below this fraction of the union of both ranges the curves are said to overlap little (as `bjontegaard`).
 DEFAULT_MIN_OVERLAP = 0.75
+# A curve whose quality spans less than this over its lambdas is noise around one point, not a curve.
+DEFAULT_MIN_QUALITY_SPAN_DB = 0.5
 
 
 class BDError(ValueError):
@@ -76,6 +86,39 @@ def _curve(rate: Sequence[float], dist: Sequence[float], name: str) -> tuple[np.
     return np.log10(r), d
 
 
+def curve_problem(rate: Sequence[float], quality: Sequence[float], min_span_db: float = DEFAULT_MIN_QUALITY_SPAN_DB,
+                  quality_name: str = "PSNR") -> str | None:
+    """Why the points, given in lambda order (non-finite pairs dropped), are not an R-D curve usable for a
+    Bjøntegaard delta; None when they are. A curve needs at least 2 points, a strictly increasing rate with
+    a strictly increasing quality (in dB, higher is better) as lambda grows, and a quality range of at least
+    ``min_span_db``. The reasons are short and free of numbers, so one footnote serves many cells."""
+    r = np.asarray(rate, dtype=np.float64).ravel()
+    q = np.asarray(quality, dtype=np.float64).ravel()
+    keep = np.isfinite(r) & np.isfinite(q)
+    r, q = r[keep], q[keep]
+    if r.size == 0:
+        return "no RD point"
+    if r.size == 1:
+        return "a single lambda: one point is not a curve"
+    if np.any(np.diff(r) <= 0):
+        return "the rate does not rise strictly with lambda: not an R-D curve"
+    if np.any(np.diff(q) <= 0):
+        return (f"{quality_name} does not rise strictly with lambda (it falls or stays while the rate rises): "
+                "not an R-D curve")
+    if q[-1] - q[0] < min_span_db:
+        return f"{quality_name} spans less than {min_span_db:g} dB over the lambdas: too flat for a BD"
+    return None
+
+
+def _check_curves(rate_anchor, dist_anchor, rate_test, dist_test, min_span_db: float | None) -> None:
+    if min_span_db is None:
+        return
+    for name, rate, dist in (("anchor", rate_anchor, dist_anchor), ("test", rate_test, dist_test)):
+        problem = curve_problem(rate, dist, min_span_db, "quality")
+        if problem:
+            raise BDError(f"{name}: {problem}")
+
+
 def _sorted_unique(x: np.ndarray, y: np.ndarray, name: str) -> tuple[np.ndarray, np.ndarray]:
     """Sort by x; points with equal x are averaged (an interpolant needs strictly increasing x)."""
     order = np.argsort(x, kind="stable")
@@ -117,14 +160,18 @@ def bd_rate(
     dist_test: Sequence[float],
     method: str = "pchip",
     min_overlap: float = DEFAULT_MIN_OVERLAP,
+    min_span_db: float | None = None,
 ) -> float:
     """BD-rate of the test curve against the anchor in percent: the average rate change at equal quality.
 
     Negative means the test codec needs fewer bits. ``dist_*`` is a quality in which higher is better (PSNR
     or MS-SSIM in dB). log10 R is fitted against D and integrated over the overlapping D interval.
     Raises :class:`BDError` (a ValueError) when it cannot be computed; warns :class:`BDOverlapWarning` when
-    the curves overlap over less than ``min_overlap`` of their joint D range.
+    the curves overlap over less than ``min_overlap`` of their joint D range. With ``min_span_db`` the points
+    are taken in lambda order and both curves must pass :func:`curve_problem` (else BDError with its reason);
+    without it they are sorted, as by the VCEG script.
     """
+    _check_curves(rate_anchor, dist_anchor, rate_test, dist_test, min_span_db)
     la, da = _curve(rate_anchor, dist_anchor, "anchor")
     lt, dt = _curve(rate_test, dist_test, "test")
     mean_log_ratio = _delta(da, la, dt, lt, method, min_overlap, "quality")
@@ -138,10 +185,12 @@ def bd_psnr(
     dist_test: Sequence[float],
     method: str = "pchip",
     min_overlap: float = DEFAULT_MIN_OVERLAP,
+    min_span_db: float | None = None,
 ) -> float:
     """BD-PSNR (BD-quality) of the test curve against the anchor: the average quality change in dB at equal
     rate. D is fitted against log10 R and integrated over the overlapping log-rate interval. Same errors and
-    warnings as :func:`bd_rate`."""
+    warnings, and the same ``min_span_db`` check, as :func:`bd_rate`."""
+    _check_curves(rate_anchor, dist_anchor, rate_test, dist_test, min_span_db)
     la, da = _curve(rate_anchor, dist_anchor, "anchor")
     lt, dt = _curve(rate_test, dist_test, "test")
     return float(_delta(la, da, lt, dt, method, min_overlap, "rate"))

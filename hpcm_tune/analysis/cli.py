@@ -12,7 +12,7 @@ import time
 import warnings
 from pathlib import Path
 
-from hpcm_tune.analysis.bd import BD_METHODS, DEFAULT_MIN_OVERLAP
+from hpcm_tune.analysis.bd import BD_METHODS, DEFAULT_MIN_OVERLAP, DEFAULT_MIN_QUALITY_SPAN_DB
 from hpcm_tune.analysis.report import build_report, render_markdown, write_outputs
 from hpcm_tune.analysis.results import ResultsWarning, load_experiments
 from hpcm_tune.analysis.tables import POINTS, RATES, AnalysisOptions, BaselineError
@@ -39,13 +39,18 @@ def build_parser() -> argparse.ArgumentParser:
                    "if present, else the study's default configuration")
     p.add_argument("--method", choices=BD_METHODS.names(), default="pchip", help="BD-rate fit (default pchip)")
     p.add_argument("--point", choices=POINTS, default="final",
-                   help="RD point of a trial: its final evaluation or its best epoch (default final)")
+                   help="RD point of a trial: its final evaluation or its best epoch (default final); used by every "
+                   "table (BD, paired differences, per-seed, leaderboard)")
     p.add_argument("--rate", choices=tuple(RATES), default="bpp",
-                   help="rate axis: estimated bpp or actual bitstream bpp (default bpp)")
+                   help="rate axis: estimated bpp or actual bitstream bpp (default bpp); used by every table")
     p.add_argument("--include-partial", action="store_true",
                    help="also use stopped-early, errored and unfinished trials as RD points")
     p.add_argument("--min-overlap", type=float, default=DEFAULT_MIN_OVERLAP,
                    help=f"warn (footnote) below this curve overlap (default {DEFAULT_MIN_OVERLAP})")
+    p.add_argument("--min-span", type=float, default=DEFAULT_MIN_QUALITY_SPAN_DB, metavar="DB",
+                   help="a curve (per seed or mean over seeds) enters a BD only when rate and quality rise strictly "
+                   "with lambda and its quality spans at least DB dB; else n/a with the reason "
+                   f"(default {DEFAULT_MIN_QUALITY_SPAN_DB})")
     p.add_argument("--no-reference", action="store_true",
                    help="skip the reference codecs (JPEG, WebP, AVIF via Pillow on the trials' evaluation images; "
                    "computed once per image set and cached in $HPCM_TUNE_CACHE/reference, default "
@@ -60,7 +65,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         options = AnalysisOptions(method=args.method, point=args.point, rate=args.rate,
                                   include_partial=args.include_partial, baseline=tuple(args.baseline),
-                                  min_overlap=args.min_overlap, reference=not args.no_reference)
+                                  min_overlap=args.min_overlap, reference=not args.no_reference,
+                                  min_quality_span_db=args.min_span)
     except ValueError as err:
         print(f"analyze.py: {err}", file=sys.stderr)
         return 2

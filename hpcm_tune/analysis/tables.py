@@ -8,6 +8,7 @@ same hyperparameters except lambda and seed; its *RD curve* is its points over l
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import warnings
@@ -17,9 +18,19 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 import yaml
+from scipy import stats
 
 from hpcm_tune import metrics as m
-from hpcm_tune.analysis.bd import BD_METHODS, DEFAULT_MIN_OVERLAP, BDError, BDOverlapWarning, bd_psnr, bd_rate
+from hpcm_tune.analysis.bd import (
+    BD_METHODS,
+    DEFAULT_MIN_OVERLAP,
+    DEFAULT_MIN_QUALITY_SPAN_DB,
+    BDError,
+    BDOverlapWarning,
+    bd_psnr,
+    bd_rate,
+    curve_problem,
+)
 from hpcm_tune.analysis.results import (
     ERRORED,
     FINISHED,
@@ -59,13 +70,16 @@ COLLAPSE_METRICS = (m.EVAL_Y_SHARE, m.EVAL_FLAT_PSNR, m.EVAL_COLLAPSED, m.TRAIN_
 COLLAPSED = "collapsed"  # 1.0 / 0.0 / NaN (unknown) per RD point
 DAGGER = "†"
 LAMBDA_EFF_RATIO = "lambda_eff/lambda"
+# eval_epoch: the epoch of a trial's last evaluation (its final RD point); best_epoch: of its best one.
 META_COLUMNS = ("experiment", "trial_id", STUDY, LABEL, "configuration", "status", "epochs_run", "epochs_planned",
-                "best_epoch", TIME_TOTAL, "error", "trial_dir")
+                "eval_epoch", "best_epoch", TIME_TOTAL, "error", "trial_dir")
 
 
 @dataclass(frozen=True)
 class AnalysisOptions:
-    """How curves and BD-rates are computed. ``baseline``: label or key=value specs (all must match)."""
+    """How curves and BD-rates are computed. ``baseline``: label or key=value specs (all must match).
+    ``min_quality_span_db``: a curve (per seed, or mean over seeds) enters a BD only when its points are
+    monotone (rate and quality rising with lambda) and its quality spans at least this many dB."""
 
     method: str = "pchip"
     point: str = "final"
@@ -74,6 +88,7 @@ class AnalysisOptions:
     baseline: tuple[str, ...] = ()
     min_overlap: float = DEFAULT_MIN_OVERLAP
     reference: bool = True  # reference codecs (JPEG, WebP, AVIF) on the evaluation images: curves, BD vs JPEG
+    min_quality_span_db: float = DEFAULT_MIN_QUALITY_SPAN_DB
 
     def __post_init__(self) -> None:
         if self.method not in BD_METHODS:
@@ -84,6 +99,9 @@ class AnalysisOptions:
             raise ValueError(f"rate={self.rate!r} is not allowed; valid: {', '.join(RATES)}")
         if not 0.0 <= self.min_overlap <= 1.0:
             raise ValueError(f"min_overlap={self.min_overlap!r} is not allowed; valid: a fraction in [0, 1]")
+        if not (finite(self.min_quality_span_db) and self.min_quality_span_db >= 0.0):
+            raise ValueError(f"min_quality_span_db={self.min_quality_span_db!r} is not allowed; valid: a number of "
+                             "dB >= 0")
         if isinstance(self.baseline, str):
             raise ValueError(f"baseline={self.baseline!r} must be a tuple of specs, e.g. ({self.baseline!r},)")
 
@@ -163,6 +181,8 @@ def _trial_row(exp: Experiment, trial: TrialRecord, metric: str, mode: str, eval
             continue
         row[key if key not in row else f"param:{key}"] = _hashable(value)
     row.update(_final_values(trial.rows, eval_names, _TRAJECTORY_PREFIXES))
+    last_eval = next((r for r in reversed(trial.rows) if finite(r.get(m.EVAL_PSNR))), None)
+    row["eval_epoch"] = last_eval.get(m.EPOCH, last_eval.get(ITERATION)) if last_eval else None
     best = _best_row(trial.rows, metric, mode)
     row["best_epoch"] = (best.get(m.EPOCH, best.get(ITERATION)) if best else None)
     if best:
@@ -230,11 +250,15 @@ def metric_column(name: str, options: AnalysisOptions) -> str:
 
 def curve_points(table: pd.DataFrame, options: AnalysisOptions) -> pd.DataFrame:
     """One row per trial usable as an RD point: finished trials (all with eval data if include_partial),
-    with columns study, configuration, lmbda, seed, rate, psnr, ms_ssim_db, loss, status."""
+    with columns study, configuration, lmbda, seed, rate, psnr, ms_ssim_db, loss, status, collapsed, trial_id,
+    epoch (of the point: the last evaluation, or the best one with ``point='best'``) and lambda_eff
+    (train/lambda_eff at the point; NaN when not reported). ``rate`` is the axis ``options.rate`` chose."""
     if table.empty or LMBDA not in table.columns:
         return pd.DataFrame(columns=[STUDY, "configuration", LMBDA, SEED, "rate", "psnr", "ms_ssim_db", "loss",
-                                     COLLAPSED])
+                                     COLLAPSED, "trial_id", "epoch", "lambda_eff"])
     usable = table if options.include_partial else table[table["status"] == FINISHED]
+    epoch_col = "best_epoch" if options.point == "best" else "eval_epoch"
+    lambda_eff_col = metric_column(m.TRAIN_LAMBDA_EFF, options)
     columns = {
         "rate": metric_column(RATES[options.rate], options),
         "psnr": metric_column(m.EVAL_PSNR, options),
@@ -251,6 +275,10 @@ def curve_points(table: pd.DataFrame, options: AnalysisOptions) -> pd.DataFrame:
         **{k: pd.to_numeric(usable[c], errors="coerce") if c in usable.columns else np.nan
            for k, c in columns.items()},
         COLLAPSED: collapse_flags(usable, options),
+        "trial_id": usable["trial_id"] if "trial_id" in usable.columns else None,
+        "epoch": pd.to_numeric(usable[epoch_col], errors="coerce") if epoch_col in usable.columns else np.nan,
+        "lambda_eff": (pd.to_numeric(usable[lambda_eff_col], errors="coerce") if lambda_eff_col in usable.columns
+                       else np.nan),
     })
     return out[out[LMBDA].notna() & out["rate"].notna() & out["psnr"].notna()].reset_index(drop=True)
 
@@ -417,9 +445,30 @@ def choose_baseline(part: pd.DataFrame, options: AnalysisOptions, header_baselin
 
 @dataclass
 class StudyTables:
-    """Everything printed for one study. ``ablation`` is numeric (NaN for n/a); ``display`` (BD-rates, rate
-    shares, weights) and ``per_lambda`` (PSNR / bpp at each lambda) its formatted form with footnote marks;
-    ``leaderboard`` ranks configurations at each lambda."""
+    """Everything printed for one study.
+
+    ``ablation`` is numeric, one row per configuration (NaN for n/a). For each BD column ``K`` (``"BD-rate
+    PSNR (%)"``, ``"BD-rate MS-SSIM (%)"``, ``"BD-PSNR (dB)"``): ``K`` the mean of the per-seed paired values
+    (or the one mean-curve value), ``K std``, ``K n`` (how many values), ``K lo`` / ``K hi`` (95 % t-interval;
+    NaN below 2 values) and ``K basis`` (``"paired seeds"``, ``"mean curve"``, ``"anchor"`` or ``""``). Per
+    lambda: ``PSNR @<lambda>``, ``bpp @<lambda>`` (means), their ``... std`` and ``n @<lambda>``.
+
+    ``display`` (BD-rates, rate shares, weights) and ``per_lambda`` (``lambda X``: PSNR / bpp mean ± std with
+    n and collapse counts; ``Δ lambda X``: the paired ΔPSNR / Δbpp against the baseline) are the formatted
+    forms with footnote marks; ``leaderboard`` ranks configurations at each lambda.
+
+    ``paired`` is tidy, one row per (configuration, lambda, quantity) for every configuration but the
+    baseline, columns :data:`PAIRED_COLUMNS`: ``quantity`` is a BD column name (``lmbda`` NaN: over the curve)
+    or :data:`DELTA_PSNR` / :data:`DELTA_RATE` (at ``lmbda``); ``mean``, ``std``, ``n`` of the per-seed
+    differences against the baseline's same seed (same lambda), ``lo`` / ``hi`` their 95 % t-interval (n − 1
+    degrees of freedom; NaN with n < 2), ``within_noise`` (the interval contains 0; NA with n < 2),
+    ``basis`` (``"paired seeds"``, or ``"mean curve"`` for a BD of the mean curves, n = 1; ``""`` when n/a)
+    and ``note`` (why n/a, or caveats).
+
+    ``per_seed`` is every trial's RD point, columns :data:`PER_SEED_COLUMNS` (``bpp`` is the rate axis
+    ``rate`` chose; ``collapsed`` 1/0/NaN; ``lambda_eff`` NaN when not reported; ``epoch`` the point's epoch).
+    ``point``, ``rate``, ``method`` and ``min_quality_span_db`` record the options the tables were made with.
+    """
 
     study: str
     baseline: str | None
@@ -432,9 +481,68 @@ class StudyTables:
     user_baseline_found: bool = False  # whether --baseline named a configuration of this study
     reference: object | None = None  # analysis.references.StudyReference (None: --no-reference)
     reference_notes: list[str] = field(default_factory=list)  # are these codecs? (plain sentences)
+    paired: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=PAIRED_COLUMNS))
+    per_seed: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=PER_SEED_COLUMNS))
+    point: str = "final"
+    rate: str = "bpp"
+    method: str = "pchip"
+    min_quality_span_db: float = DEFAULT_MIN_QUALITY_SPAN_DB
 
 
 _CURVE_COLUMNS = ("rate", "psnr", "ms_ssim_db")
+CONFIDENCE = 0.95
+DELTA_PSNR, DELTA_RATE = "ΔPSNR (dB)", "Δbpp (%)"
+PAIRED_SEEDS, MEAN_CURVE, ANCHOR = "paired seeds", "mean curve", "anchor"
+PAIRED_COLUMNS = ["configuration", LMBDA, "quantity", "mean", "std", "lo", "hi", "n", "within_noise", "basis",
+                  "note"]
+PER_SEED_COLUMNS = ["configuration", LMBDA, SEED, "trial_id", "status", "epoch", "bpp", "psnr", "ms_ssim_db",
+                    "loss", COLLAPSED, "lambda_eff"]
+PAIRED_NOTE = ("paired with the baseline seed by seed (same seed, same lambdas): mean ± std of the n per-seed "
+               f"differences; ~ within noise: their {CONFIDENCE:.0%} t-interval (n − 1 degrees of freedom) contains 0 "
+               "(lo/hi in ablation.csv)")
+ONE_SEED_NOTE = ("one seed: a single paired difference has no interval, so it cannot be judged against noise "
+                 "(within noise: n/a)")
+MEAN_CURVE_NOTE = ("no seed's curve could be paired with the baseline's same seed: BD of the mean curves (mean over "
+                   "seeds at each lambda), one value, noise unknown")
+MIXED_NOTE = (f"seeds disagree at this lambda: some collapsed ({DAGGER}), some not, so the mean describes no run; "
+              "see the per-seed table")
+
+
+@functools.lru_cache(maxsize=256)
+def _t_quantile(dof: int) -> float:
+    return float(stats.t.ppf(0.5 + CONFIDENCE / 2.0, dof))
+
+
+@dataclass(frozen=True)
+class Interval:
+    """Mean, sample std (ddof 1) and the 95 % t-interval (n − 1 degrees of freedom) of ``n`` paired
+    differences; std, lo and hi are NaN below 2 values."""
+
+    mean: float
+    std: float
+    lo: float
+    hi: float
+    n: int
+
+    @property
+    def within_noise(self) -> bool | None:
+        """Whether the interval contains 0 (None: no interval)."""
+        within = _within(self.lo, self.hi, self.n)
+        return None if within is pd.NA else within
+
+
+def paired_interval(differences) -> Interval:
+    """:class:`Interval` of the finite values among ``differences`` (test minus baseline, one per seed)."""
+    d = np.asarray(differences, dtype=np.float64).ravel()
+    d = d[np.isfinite(d)]
+    if d.size == 0:
+        return Interval(math.nan, math.nan, math.nan, math.nan, 0)
+    mean = float(d.mean())
+    if d.size == 1:
+        return Interval(mean, math.nan, math.nan, math.nan, 1)
+    std = float(d.std(ddof=1))
+    half = _t_quantile(d.size - 1) * std / math.sqrt(d.size)
+    return Interval(mean, std, mean - half, mean + half, int(d.size))
 
 
 def _curves(points: pd.DataFrame, keys: list[str]) -> dict[tuple, dict[str, np.ndarray]]:
@@ -447,21 +555,65 @@ def _curves(points: pd.DataFrame, keys: list[str]) -> dict[tuple, dict[str, np.n
             for k, idx in grouped.groupby(keys, sort=False).indices.items()}
 
 
-def _bd_stats(anchor: dict, seeds: dict, fn, quality: str, options: AnalysisOptions, paired: dict | None = None):
-    """BD of each seed's curve against the anchor: the baseline's curve of the same seed when ``paired`` has it
-    (same initialisation and data order, so identical settings give exactly 0), else the anchor (mean) curve.
-    Returns (mean, std, n, [reasons])."""
+_QUALITY_NAMES = {"psnr": "PSNR", "ms_ssim_db": "MS-SSIM (dB)"}
+
+
+def _problem(curve: dict | None, quality: str, options: AnalysisOptions) -> str | None:
+    if curve is None:
+        return "no RD point"
+    return curve_problem(curve["rate"], curve[quality], options.min_quality_span_db, _QUALITY_NAMES[quality])
+
+
+def _bd_paired(label: str, baseline: str, seed_curves: dict, mean_curves_: dict, fn, quality: str,
+               options: AnalysisOptions, cache: dict) -> tuple[Interval, str, list[str]]:
+    """BD of ``label`` against the baseline, seed by seed (the baseline's curve of the same seed: same
+    initialisation and data order, so identical settings give exactly 0), over the seeds whose two curves are
+    R-D curves; with none, the BD of the two mean curves. Returns (interval, basis, reasons); basis ``""``
+    and an empty interval when nothing can be computed."""
+
+    def problem(lb: str, seed, curve: dict) -> str | None:
+        key = (lb, seed, quality)
+        if key not in cache:
+            cache[key] = _problem(curve, quality, options)
+        return cache[key]
+
+    own, base = seed_curves.get(label, {}), seed_curves.get(baseline, {})
     values, reasons = [], []
-    for seed, curve in seeds.items():
-        value, reason = _bd_one((paired or {}).get(seed, anchor), curve, fn, quality, options)
-        if reason:
-            reasons.append(reason)
+    if any(seed not in base for seed in own):
+        reasons.append("seeds the baseline has no usable RD point for are left out of the paired BD")
+    for seed, curve in own.items():
+        if seed not in base:
+            continue
+        why = problem(baseline, seed, base[seed])
+        if why:
+            reasons.append(f"some seeds' curves of the baseline: {why}; those seeds are left out (see the per-seed "
+                           "table)")
+            continue
+        why = problem(label, seed, curve)
+        if why:
+            reasons.append(f"some seeds' curves: {why}; those seeds are left out (see the per-seed table)")
+            continue
+        value, note = _bd_one(base[seed], curve, fn, quality, options)
+        if note:
+            reasons.append(note)
         if value is not None:
             values.append(value)
-    if not values:
-        return math.nan, math.nan, 0, reasons
-    std = float(np.std(values, ddof=1)) if len(values) > 1 else math.nan
-    return float(np.mean(values)), std, len(values), reasons
+    if values:
+        return paired_interval(values), PAIRED_SEEDS, reasons
+    why_base = problem(baseline, None, mean_curves_.get(baseline))
+    why_own = problem(label, None, mean_curves_.get(label))
+    if why_base or why_own:
+        if why_base:
+            reasons.append(f"the baseline's mean curve: {why_base}")
+        if why_own:
+            reasons.append(f"mean curve: {why_own}")
+        return paired_interval([]), "", reasons
+    value, note = _bd_one(mean_curves_[baseline], mean_curves_[label], fn, quality, options)
+    if note:
+        reasons.append(note)
+    if value is None:
+        return paired_interval([]), "", reasons
+    return Interval(value, math.nan, math.nan, math.nan, 1), MEAN_CURVE, reasons
 
 
 def _bd_one(anchor: dict, test: dict, fn, quality: str, options: AnalysisOptions):
@@ -499,6 +651,69 @@ def _collapse_note(points: pd.DataFrame) -> str:
             f"{len(points)} RD points of this study left out")
 
 
+def _paired_at_lambda(points: pd.DataFrame, baseline: str | None) -> pd.DataFrame:
+    """Per (configuration, lambda) but the baseline: the per-seed differences against the baseline's same
+    seed and lambda (ΔPSNR in dB, Δbpp in % of the baseline's rate), summarised: columns configuration, lmbda,
+    quantity, mean, std, n, lo, hi (collapsed points included: the per-lambda table counts them)."""
+    if points.empty or baseline is None or not (points["configuration"] == baseline).any():
+        return pd.DataFrame(columns=["configuration", LMBDA, "quantity", "mean", "std", "n", "lo", "hi"])
+    seeds = points.groupby(["configuration", LMBDA, SEED], sort=False)[["rate", "psnr"]].mean().reset_index()
+    base = seeds[seeds["configuration"] == baseline].drop(columns="configuration")
+    joined = seeds[seeds["configuration"] != baseline].merge(base, on=[LMBDA, SEED], suffixes=("", "_base"))
+    joined[DELTA_PSNR] = joined["psnr"] - joined["psnr_base"]
+    joined[DELTA_RATE] = 100.0 * (joined["rate"] / joined["rate_base"] - 1.0)
+    long = joined.melt(id_vars=["configuration", LMBDA], value_vars=[DELTA_PSNR, DELTA_RATE], var_name="quantity")
+    long = long[np.isfinite(long["value"].to_numpy(dtype=np.float64))]
+    out = long.groupby(["configuration", LMBDA, "quantity"], sort=True)["value"].agg(["mean", "std", "count"])
+    out = out.rename(columns={"count": "n"}).reset_index()
+    t = np.array([_t_quantile(int(n) - 1) if n >= 2 else math.nan for n in out["n"]])
+    half = t * out["std"] / np.sqrt(out["n"])
+    out.loc[out["n"] < 2, "std"] = math.nan
+    out["lo"], out["hi"] = out["mean"] - half, out["mean"] + half
+    return out
+
+
+# An interval "contains 0" up to rounding: BDs of bit-identical curves are 0 exactly, but sums of differences
+# of equal values may leave a few ulps.
+_ZERO_TOLERANCE = 1e-9
+
+
+def _within(lo: float, hi: float, n: int):
+    """Whether the interval [lo, hi] of n values contains 0 (NA without an interval)."""
+    if n < 2 or not (finite(lo) and finite(hi)):
+        return pd.NA
+    return bool(lo - _ZERO_TOLERANCE <= 0.0 <= hi + _ZERO_TOLERANCE)
+
+
+def _delta_cell(rows: dict, notes: Footnotes) -> str:
+    """``+0.12 dB ~ / -1.3 % (n=3) [k]`` from the ΔPSNR and Δbpp rows of one configuration and lambda."""
+    parts, n = [], 0
+    for quantity, unit, digits in ((DELTA_PSNR, "dB", 3), (DELTA_RATE, "%", 2)):
+        row = rows.get(quantity)
+        if row is None:
+            continue
+        n = max(n, int(row["n"]))
+        mark = " ~" if _within(row["lo"], row["hi"], int(row["n"])) is True else ""
+        parts.append(f"{_fmt_signed(row['mean'], digits)} {unit}{mark}")
+    if not parts:
+        return "n/a " + notes.mark("no seed in common with the baseline at this lambda: no paired difference")
+    return " / ".join(parts) + f" (n={n}) " + notes.mark(ONE_SEED_NOTE if n < 2 else PAIRED_NOTE)
+
+
+EARLIER_NOTE = ("best earlier: finished trials whose best evaluation (in the sweep's metric) came before their last "
+                "one; these tables use the last (--point final; --point best takes the best)")
+
+
+def _best_earlier(trials: pd.DataFrame, options: AnalysisOptions) -> int:
+    """With the final point: how many finished trials had their best evaluation before their last one."""
+    if options.point != "final" or "best_epoch" not in trials.columns or "eval_epoch" not in trials.columns:
+        return 0
+    done = trials[trials["status"] == FINISHED]
+    best = pd.to_numeric(done["best_epoch"], errors="coerce")
+    last = pd.to_numeric(done["eval_epoch"], errors="coerce")
+    return int((best < last).sum())
+
+
 def study_tables(table: pd.DataFrame, study: str, options: AnalysisOptions, header_baseline=None,
                  reference=None) -> StudyTables:
     """The ablation of one study. ``reference``: its analysis.references.StudyReference (adds the BD-rate vs
@@ -525,22 +740,24 @@ def study_tables(table: pd.DataFrame, study: str, options: AnalysisOptions, head
         seed_curves.setdefault(label, {})[seed] = curve
     anchor = mean_curves_.get(baseline)
     bd_columns = [c for c in _BD_COLUMNS if has_ms_ssim or c[0] != "ms_ssim_db"]
-    # The baseline's own seed-to-seed spread: the noise any difference is judged against.
-    base_noise = {}
-    if anchor is not None:
-        for quality, fn, key in bd_columns:
-            _, std, n, _ = _bd_stats(anchor, seed_curves.get(baseline, {}), fn, quality, options)
-            base_noise[key] = (std, n)
     at_lambda = (points.groupby(["configuration", LMBDA])[["psnr", "rate"]].agg(["mean", "std", "count"])
                  if not points.empty else None)
     collapsed_at = (points.assign(_c=is_collapsed).groupby(["configuration", LMBDA])["_c"].agg(["sum", "count"])
                     if has_collapse else None)
+    deltas = _paired_at_lambda(points, baseline)
+    delta_rows: dict[tuple, dict] = {}
+    for row in deltas.to_dict("records"):
+        delta_rows.setdefault((row["configuration"], row[LMBDA]), {})[row["quantity"]] = row
+    show_deltas = baseline is not None and bool((points["configuration"] == baseline).any()) if lambdas else False
     trials_by = dict(tuple(part.groupby("configuration", sort=False)))
-    lambda_eff = (pd.to_numeric(part[m.TRAIN_LAMBDA_EFF], errors="coerce") / pd.to_numeric(part[LMBDA], errors="coerce")
-                  if m.TRAIN_LAMBDA_EFF in part.columns and LMBDA in part.columns else None)
+    lambda_eff_col = metric_column(m.TRAIN_LAMBDA_EFF, options)
+    lambda_eff = (pd.to_numeric(part[lambda_eff_col], errors="coerce") / pd.to_numeric(part[LMBDA], errors="coerce")
+                  if lambda_eff_col in part.columns and LMBDA in part.columns else None)
     if lambda_eff is not None and not np.isfinite(lambda_eff.to_numpy(dtype=np.float64)).any():
         lambda_eff = None
     compared: dict[str, dict] = {}
+    paired_rows: list[dict] = []
+    problem_cache: dict = {}
 
     rows, display, per_lambda = [], [], []
     weight_cols = [c for c in part.columns if c.startswith(m.weight_name(""))]
@@ -553,6 +770,10 @@ def study_tables(table: pd.DataFrame, study: str, options: AnalysisOptions, head
                      "errored": int((trials["status"] == ERRORED).sum()), "seeds": n_seeds}
         disp: dict = {"configuration": label + (" (baseline)" if label == baseline else ""),
                       "trials": f"{num['finished']}/{num['trials']}"}
+        earlier = _best_earlier(trials, options)
+        if earlier:
+            num["best earlier"] = earlier
+            disp["trials"] += f" ({earlier} best earlier) " + notes.mark(EARLIER_NOTE)
         if DECOMPOSITION in trials.columns and (trials[DECOMPOSITION] == RATIO_DECOMPOSITION).any():
             disp["configuration"] += " " + notes.mark(RATIO_NOTE)
         if has_collapse:
@@ -564,20 +785,28 @@ def study_tables(table: pd.DataFrame, study: str, options: AnalysisOptions, head
                 disp[COLLAPSED] += " " + notes.mark(collapse_note)
         for quality, fn, key in bd_columns:
             digits = 3 if key == "BD-PSNR (dB)" else 2
+            empty = Interval(math.nan, math.nan, math.nan, math.nan, 0)
             if label in all_collapsed and not (label == baseline and anchor is not None):
-                num[key], num[key + " std"] = math.nan, math.nan
-                disp[key] = "n/a " + notes.mark(f"every RD point of this configuration collapsed ({DAGGER}): no BD "
-                                                f"value" + (", and it is the baseline" if label == baseline else ""))
+                why = (f"every RD point of this configuration collapsed ({DAGGER}): no BD value"
+                       + (", and it is the baseline" if label == baseline else ""))
+                disp[key] = "n/a " + notes.mark(why)
+                _put_bd(num, key, empty, "")
+                if label != baseline:
+                    paired_rows.append(_paired_row(label, math.nan, key, empty, "", [why]))
                 continue
             if label == baseline:
-                num[key], num[key + " std"] = (0.0 if anchor is not None else math.nan), math.nan
-                disp[key] = "0 (anchor)" if anchor is not None else "n/a " + notes.mark(
-                    f"the baseline {baseline!r} has no usable RD point: no BD-rate")
+                if anchor is not None:
+                    _put_bd(num, key, Interval(0.0, math.nan, math.nan, math.nan, n_seeds), ANCHOR)
+                    disp[key] = "0 (anchor)"
+                else:
+                    _put_bd(num, key, empty, "")
+                    disp[key] = "n/a " + notes.mark(f"the baseline {baseline!r} has no usable RD point: no BD-rate")
                 continue
-            cell, mean, std = _bd_cell(anchor, mean_curves_.get(label), seed_curves.get(label, {}), fn, quality,
-                                       key, digits, options, notes, base_noise, seed_curves.get(baseline))
-            num[key], num[key + " std"] = mean, std
+            cell, interval, basis, reasons = _bd_cell(label, baseline, anchor, mean_curves_, seed_curves, fn, quality,
+                                                      digits, options, notes, problem_cache)
+            _put_bd(num, key, interval, basis)
             disp[key] = cell
+            paired_rows.append(_paired_row(label, math.nan, key, interval, basis, reasons))
         if reference is not None:
             value, disp[refs.BD_VS_ANCHOR] = _anchor_cell(reference, label, mean_curves_, all_collapsed, options,
                                                           notes)
@@ -586,20 +815,43 @@ def study_tables(table: pd.DataFrame, study: str, options: AnalysisOptions, head
             disp[refs.VS_ANCHOR] = refs.comparison_cell(compared[label]) or "n/a"
         lam_disp = {"configuration": disp["configuration"]}
         for lam in lambdas:
+            column = f"lambda {lam:g}"
             have = at_lambda is not None and (label, lam) in at_lambda.index
-            stats = at_lambda.loc[(label, lam)] if have else None
-            num[f"PSNR @{lam:g}"] = float(stats[("psnr", "mean")]) if have else math.nan
-            num[f"bpp @{lam:g}"] = float(stats[("rate", "mean")]) if have else math.nan
+            stats_ = at_lambda.loc[(label, lam)] if have else None
+            n = int(stats_[("psnr", "count")]) if have else 0
+            num[f"PSNR @{lam:g}"] = float(stats_[("psnr", "mean")]) if have else math.nan
+            num[f"PSNR @{lam:g} std"] = float(stats_[("psnr", "std")]) if have else math.nan
+            num[f"bpp @{lam:g}"] = float(stats_[("rate", "mean")]) if have else math.nan
+            num[f"bpp @{lam:g} std"] = float(stats_[("rate", "std")]) if have else math.nan
+            num[f"n @{lam:g}"] = n
             if not have:
-                lam_disp[f"lambda {lam:g}"] = "n/a " + notes.mark(
+                lam_disp[column] = "n/a " + notes.mark(
                     f"no {'usable ' if options.include_partial else 'finished '}trial at this lambda")
+            else:
+                lam_disp[column] = (f"{_fmt(num[f'PSNR @{lam:g}'], 2, num[f'PSNR @{lam:g} std'])} dB / "
+                                    f"{_fmt(num[f'bpp @{lam:g}'], 4, num[f'bpp @{lam:g} std'])} (n={n})")
+                if collapsed_at is not None and (label, lam) in collapsed_at.index:
+                    k, total = (int(v) for v in collapsed_at.loc[(label, lam)])
+                    if 0 < k < total:
+                        lam_disp[column] += " " + notes.mark(MIXED_NOTE)
+                    if k:
+                        lam_disp[column] += f" {DAGGER} {k}/{total}"
+            if not show_deltas:
                 continue
-            lam_disp[f"lambda {lam:g}"] = (f"{_fmt(num[f'PSNR @{lam:g}'], 2, float(stats[('psnr', 'std')]))} dB / "
-                                           f"{num[f'bpp @{lam:g}']:.4f}")
-            if collapsed_at is not None and (label, lam) in collapsed_at.index:
-                k, n = (int(v) for v in collapsed_at.loc[(label, lam)])
-                if k:
-                    lam_disp[f"lambda {lam:g}"] += f" {DAGGER}" + (f" {k}/{n}" if k < n else "")
+            if label == baseline:
+                lam_disp[f"Δ {column}"] = "baseline"
+                continue
+            found = delta_rows.get((label, lam), {})
+            lam_disp[f"Δ {column}"] = (_delta_cell(found, notes) if have else
+                                       "n/a " + notes.mark("no point at this lambda: no paired difference"))
+            for quantity in (DELTA_PSNR, DELTA_RATE):
+                row = found.get(quantity)
+                interval = (Interval(float(row["mean"]), float(row["std"]), float(row["lo"]), float(row["hi"]),
+                                     int(row["n"])) if row is not None else Interval(math.nan, math.nan, math.nan,
+                                                                                      math.nan, 0))
+                why = ([] if row is not None else ["no seed in common with the baseline at this lambda"])
+                paired_rows.append(_paired_row(label, lam, quantity, interval, PAIRED_SEEDS if row is not None
+                                               else "", why))
         per_lambda.append(lam_disp)
         share = _rate_shares(trials, options)
         for scale, value in share.items():
@@ -629,7 +881,36 @@ def study_tables(table: pd.DataFrame, study: str, options: AnalysisOptions, head
                        display=disp_df, per_lambda=lambda_df, leaderboard=leaderboard(part, options),
                        footnotes=notes.texts,
                        user_baseline_found=bool(options.baseline and match_baseline(part, options.baseline)),
-                       reference=reference, reference_notes=verdict)
+                       reference=reference, reference_notes=verdict,
+                       paired=pd.DataFrame(paired_rows, columns=PAIRED_COLUMNS),
+                       per_seed=_per_seed(points, list(trials_by), has_collapse),
+                       point=options.point, rate=options.rate, method=options.method,
+                       min_quality_span_db=options.min_quality_span_db)
+
+
+def _put_bd(num: dict, key: str, interval: Interval, basis: str) -> None:
+    num[key], num[key + " std"], num[key + " n"] = interval.mean, interval.std, interval.n
+    num[key + " lo"], num[key + " hi"], num[key + " basis"] = interval.lo, interval.hi, basis
+
+
+def _paired_row(label: str, lam: float, quantity: str, interval: Interval, basis: str, reasons: list[str]) -> dict:
+    note = "; ".join(dict.fromkeys(reasons))
+    if interval.n == 1 and basis == PAIRED_SEEDS:
+        note = "; ".join(t for t in ("one seed: no interval", note) if t)
+    return {"configuration": label, LMBDA: lam, "quantity": quantity, "mean": interval.mean, "std": interval.std,
+            "lo": interval.lo, "hi": interval.hi, "n": interval.n,
+            "within_noise": _within(interval.lo, interval.hi, interval.n), "basis": basis, "note": note}
+
+
+def _per_seed(points: pd.DataFrame, order: list[str], has_collapse: bool) -> pd.DataFrame:
+    """Every trial's RD point, configurations in table order, then lambda and seed."""
+    if points.empty:
+        return pd.DataFrame(columns=PER_SEED_COLUMNS)
+    out = points.rename(columns={"rate": "bpp"})
+    rank = {label: i for i, label in enumerate(order)}
+    out = out.assign(_order=out["configuration"].map(rank)).sort_values(["_order", LMBDA, SEED], kind="stable")
+    columns = [c for c in PER_SEED_COLUMNS if (c != COLLAPSED or has_collapse)]
+    return out.reindex(columns=columns).reset_index(drop=True)
 
 
 def _anchor_cell(reference, label: str, curves: dict, all_collapsed: set, options: AnalysisOptions,
@@ -643,7 +924,11 @@ def _anchor_cell(reference, label: str, curves: dict, all_collapsed: set, option
     if label in all_collapsed:
         return math.nan, "n/a " + notes.mark(f"every RD point of this configuration collapsed ({DAGGER}): no BD "
                                              "value")
-    value, note, unavailable = refs.bd_vs_anchor(reference, curves.get(label), options)
+    curve = curves.get(label)
+    problem = _problem(curve, "psnr", options) if curve is not None else None
+    if problem:
+        return math.nan, "n/a " + notes.mark(f"mean curve: {problem}")
+    value, note, unavailable = refs.bd_vs_anchor(reference, curve, options)
     if unavailable:
         why = note or ("no finished trial" if not options.include_partial else "no trial with eval results")
         return math.nan, "n/a " + notes.mark(why)
@@ -657,35 +942,30 @@ _BD_COLUMNS = (
 )
 
 
-def _bd_cell(anchor, mean_curve, seeds, fn, quality, key, digits, options, notes, base_noise, paired=None):
+def _bd_cell(label, baseline, anchor, mean_curves_, seed_curves, fn, quality, digits, options, notes, cache):
+    """(cell, interval, basis, reasons) of one BD column of a configuration other than the baseline."""
+    empty = Interval(math.nan, math.nan, math.nan, math.nan, 0)
     if anchor is None:
-        return "n/a " + notes.mark("the baseline has no usable RD point: no BD-rate"), math.nan, math.nan
+        why = "the baseline has no usable RD point: no BD-rate"
+        return "n/a " + notes.mark(why), empty, "", [why]
+    mean_curve = mean_curves_.get(label)
     if mean_curve is None or not np.isfinite(mean_curve[quality]).any():
         why = "no finished trial" if not options.include_partial else "no trial with eval results"
-        return "n/a " + notes.mark(why if mean_curve is None else f"{quality} not reported"), math.nan, math.nan
-    mean, std, n, reasons = _bd_stats(anchor, seeds, fn, quality, options, paired)
-    if n < 2:
-        # One seed, or seeds not covering enough lambdas each: the BD of the mean curve.
-        value, reason = _bd_one(anchor, mean_curve, fn, quality, options)
-        if value is None:
-            return "n/a " + notes.mark(reason), math.nan, math.nan
-        cell = _fmt_signed(value, digits)
-        if reason:
-            cell += " " + notes.mark(reason)
-        if len(seeds) > 1:
-            cell += " " + notes.mark("seeds' curves too short for a per-seed BD: BD of the mean curve, noise unknown")
-        elif base_noise.get(key, (math.nan, 0))[1] < 2:
-            cell += " " + notes.mark("one seed: differences cannot be judged against noise")
-        return cell, value, math.nan
-    cell = _fmt_signed(mean, digits, std)
-    for reason in dict.fromkeys(reasons):
-        cell += " " + notes.mark(reason)
-    base_std, base_n = base_noise.get(key, (math.nan, 0))
-    var = std**2 / n + (base_std**2 / base_n if finite(base_std) and base_n >= 2 else 0.0)
-    if finite(var) and abs(mean) < 2.0 * math.sqrt(var):
-        cell += " ~ " + notes.mark("~ within noise: |mean| < 2 standard errors of the seed-to-seed spread "
-                                   "(this configuration's and the baseline's)")
-    return cell, mean, std
+        why = why if mean_curve is None else f"{quality} not reported"
+        return "n/a " + notes.mark(why), empty, "", [why]
+    interval, basis, reasons = _bd_paired(label, baseline, seed_curves, mean_curves_, fn, quality, options, cache)
+    marks = "".join(" " + notes.mark(r) for r in dict.fromkeys(reasons))
+    if not basis:
+        return "n/a" + marks, interval, basis, reasons
+    if basis == MEAN_CURVE:
+        return (f"{_fmt_signed(interval.mean, digits)} (mean curve) " + notes.mark(MEAN_CURVE_NOTE) + marks,
+                interval, basis, reasons)
+    if interval.n < 2:
+        return f"{_fmt_signed(interval.mean, digits)} (n=1) " + notes.mark(ONE_SEED_NOTE) + marks, interval, basis, \
+            reasons
+    mark = " ~" if interval.within_noise else ""
+    cell = f"{_fmt_signed(interval.mean, digits, interval.std)} (n={interval.n}){mark} " + notes.mark(PAIRED_NOTE)
+    return cell + marks, interval, basis, reasons
 
 
 def _rate_shares(trials: pd.DataFrame, options: AnalysisOptions) -> dict[str, float]:
@@ -713,7 +993,8 @@ LEADERBOARD_COLUMNS = [LMBDA, "rank", "configuration", "loss", "psnr", "bpp", "n
 def leaderboard(part: pd.DataFrame, options: AnalysisOptions) -> pd.DataFrame:
     """Per lambda, the configurations ranked by eval R-D loss (lower is better; PSNR when no loss): mean
     over the finished trials, or over the others (noted) when none finished. With the collapse diagnostics the
-    note counts collapsed trials; with train/lambda_eff a ``lambda_eff`` column (mean) follows ``bpp``."""
+    note counts collapsed trials; with train/lambda_eff a ``lambda_eff`` column (mean) follows ``bpp``. Every
+    value is at the RD point ``options.point`` chose; ``bpp`` is the rate axis ``options.rate`` chose."""
     if LMBDA not in part.columns or part.empty:
         return pd.DataFrame(columns=LEADERBOARD_COLUMNS)
     names = {"loss": m.EVAL_LOSS, "psnr": m.EVAL_PSNR, "bpp": RATES[options.rate]}
@@ -725,8 +1006,9 @@ def leaderboard(part: pd.DataFrame, options: AnalysisOptions) -> pd.DataFrame:
     })
     frame[COLLAPSED] = collapse_flags(part, options)
     has_collapse = bool(frame[COLLAPSED].notna().any())
-    frame["lambda_eff"] = (pd.to_numeric(part[m.TRAIN_LAMBDA_EFF], errors="coerce")
-                           if m.TRAIN_LAMBDA_EFF in part.columns else np.nan)
+    lambda_eff_col = metric_column(m.TRAIN_LAMBDA_EFF, options)
+    frame["lambda_eff"] = (pd.to_numeric(part[lambda_eff_col], errors="coerce")
+                           if lambda_eff_col in part.columns else np.nan)
     has_lambda_eff = bool(frame["lambda_eff"].notna().any())
     frame = frame[frame[LMBDA].notna()]
     keys = [LMBDA, "configuration"]

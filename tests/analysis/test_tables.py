@@ -1,6 +1,7 @@
 import json
 import math
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -67,7 +68,8 @@ def test_bd_rate_against_the_default_configuration(storage, scale_weight_trials)
     assert _cell(st, "s3 emphasis", "BD-rate PSNR (%)").startswith("-10.00")
     # z's rate counted in s3: shares 20/30/45+5.
     assert _cell(st, "equal", "rate share s1/s2/s3 (%)") == "20/30/50"
-    assert set(st.per_lambda.columns) == {"configuration", *(f"lambda {lam:g}" for lam in LAMBDAS)}
+    assert set(st.per_lambda.columns) == {"configuration", *(f"lambda {lam:g}" for lam in LAMBDAS),
+                                          *(f"Δ lambda {lam:g}" for lam in LAMBDAS)}
     assert _row(st, "s1 emphasis")["w s1_distortion"] > _row(st, "equal")["w s1_distortion"]
 
 
@@ -101,17 +103,27 @@ def test_two_standard_configurations_take_the_one_at_the_training_defaults_as_ba
     assert _row(st, "standard (cautious adam)")["BD-PSNR (dB)"] == pytest.approx(0.1, abs=1e-6)
 
 
-def test_seeds_give_mean_and_std_and_flag_differences_within_noise(storage, scale_weight_trials):
-    offsets = {"s3 emphasis": {"psnr_offset": 0.5}, "s1 emphasis": {"psnr_offset": 0.002}}
-    report = _report(storage, "exp", scale_weight_trials(seeds=(0, 1, 2), offsets=offsets, noise=0.05))
+def _noisy_trials(trial, offsets, seeds=(0, 1, 2), lambdas=LAMBDAS, sd=0.05, rng_seed=0):
+    """One trial per configuration, lambda and seed; each gets its own PSNR jitter (sd dB) on top of its
+    configuration's offset, so paired differences vary from seed to seed as in real runs."""
+    rng = np.random.default_rng(rng_seed)
+    return [trial(label, lam, seed, psnr_offset=off + float(rng.normal(0.0, sd)), config={"gamma_s1": g})
+            for g, (label, off) in enumerate(offsets.items()) for lam in lambdas for seed in seeds]
+
+
+def test_seeds_give_mean_and_std_and_flag_differences_within_noise(storage, trial):
+    offsets = {"base": 0.0, "small": 0.002, "big": 0.5}
+    report = _report(storage, "exp", _noisy_trials(trial, offsets), baseline=("base",))
     st = report.studies[0]
-    s3, s1 = _row(st, "s3 emphasis"), _row(st, "s1 emphasis")
-    assert s3["BD-PSNR (dB)"] == pytest.approx(0.5, abs=0.1) and s3["BD-PSNR (dB) std"] > 0
-    assert "±" in _cell(st, "s3 emphasis", "BD-rate PSNR (%)")
-    assert " ~ " not in _cell(st, "s3 emphasis", "BD-rate PSNR (%)")
-    assert " ~ " in _cell(st, "s1 emphasis", "BD-rate PSNR (%)")
+    big, small = _row(st, "big"), _row(st, "small")
+    assert big["BD-PSNR (dB)"] == pytest.approx(0.5, abs=0.1) and big["BD-PSNR (dB) std"] > 0
+    assert big["BD-PSNR (dB) n"] == 3 and big["BD-PSNR (dB) basis"] == "paired seeds"
+    assert "±" in _cell(st, "big", "BD-rate PSNR (%)") and "(n=3)" in _cell(st, "big", "BD-rate PSNR (%)")
+    assert " ~ " not in _cell(st, "big", "BD-rate PSNR (%)")
+    assert " ~ " in _cell(st, "small", "BD-rate PSNR (%)")
+    assert small["BD-rate PSNR (%) lo"] < 0 < small["BD-rate PSNR (%) hi"]
     assert any("within noise" in f for f in st.footnotes)
-    assert abs(s1["BD-rate PSNR (%)"]) < 2
+    assert abs(small["BD-rate PSNR (%)"]) < 2
 
 
 def test_cells_that_cannot_be_computed_say_na_with_a_footnote(storage, scale_weight_trials, trial):
