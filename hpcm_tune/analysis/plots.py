@@ -44,9 +44,16 @@ REFERENCE_COLOR = "0.35"
 REFERENCE_STYLES = (("--", "x"), (":", "+"), ("-.", "1"), ((0, (5, 1, 1, 1)), "2"))
 # Artist gids: "<kind>\x1f<study>\x1f<configuration>", so a test (or a reader of the Figure) can find what was drawn.
 MEAN_GID, TRIAL_GID, COLLAPSED_GID, DELTA_GID = "mean", "trial", "collapsed", "delta"
-# The attribute of tables.StudyTables holding the paired ΔPSNR intervals, once the tables compute them (None:
-# computed here from the trials' RD points).
+# The attribute of tables.StudyTables with the paired differences at each lambda (StudyTables.paired: columns
+# configuration, lmbda, quantity, mean, lo, hi, n; quantity TABLES_DELTA_PSNR), to draw instead of the ones
+# computed here; the panel then says "at equal λ". Off by default: those pair the baseline's trial of the same
+# seed *and lambda*, so a configuration that reaches the same PSNR with 10 % less rate reads as "within noise",
+# and they keep collapsed trials (differences of -15 dB squash the panel's 0.1 dB scale). Computed here, the
+# difference is at equal rate with collapsed trials left out, as the BD-rates are; for a configuration at the
+# baseline's rates both agree exactly.
 TABLES_INTERVALS: str | None = None
+TABLES_DELTA_PSNR = "ΔPSNR (dB)"
+EQUAL_RATE, EQUAL_LAMBDA = "equal rate", "equal λ"
 COLLAPSED_LABEL = "collapsed trial (its configuration's colour)"
 WITHIN_NOISE = f"all differences within noise ({CONFIDENCE:.0%} paired t intervals contain 0)".replace("%", " %")
 DPI = 110
@@ -242,17 +249,28 @@ def paired_intervals(deltas: pd.DataFrame, confidence: float = CONFIDENCE) -> pd
     return pd.DataFrame.from_records(rows, columns=columns)
 
 
-def study_intervals(report, study: str, points: pd.DataFrame) -> pd.DataFrame:
-    """The paired ΔPSNR intervals of one study: the tables' own when they carry them (an attribute named in
-    TABLES_INTERVALS, same columns), else computed here from the trials' RD points."""
+def study_intervals(report, study: str, points: pd.DataFrame) -> tuple[pd.DataFrame, str]:
+    """(the paired ΔPSNR intervals of one study, columns as :func:`paired_intervals`; what they compare at:
+    EQUAL_RATE or EQUAL_LAMBDA). The tables' own when TABLES_INTERVALS names them and they are there (drawn at
+    the configuration's mean rate at each lambda), else computed here from the trials' RD points."""
+    points = points[points[STUDY] == study] if not points.empty else points
     tables = next((st for st in report.studies if st.study == study), None)
     given = getattr(tables, TABLES_INTERVALS, None) if TABLES_INTERVALS else None
-    if isinstance(given, pd.DataFrame) and {"configuration", LMBDA, "rate", "mean", "half", "n"} <= set(given):
-        return given
+    if isinstance(given, pd.DataFrame) and {"configuration", LMBDA, "quantity", "mean", "lo", "hi", "n"} <= set(given):
+        rows = given[(given["quantity"] == TABLES_DELTA_PSNR) & given[LMBDA].notna()]
+        rate = points.groupby(["configuration", LMBDA])["rate"].mean() if not points.empty else pd.Series()
+        half = (rows["hi"].to_numpy(dtype=np.float64) - rows["lo"].to_numpy(dtype=np.float64)) / 2.0
+        out = pd.DataFrame({"configuration": rows["configuration"].to_numpy(), LMBDA: rows[LMBDA].to_numpy(),
+                            "rate": [rate.get((c, lam), math.nan) for c, lam in zip(rows["configuration"],
+                                                                                     rows[LMBDA], strict=True)],
+                            "mean": rows["mean"].to_numpy(dtype=np.float64), "half": half,
+                            "low": rows["lo"].to_numpy(dtype=np.float64), "high": rows["hi"].to_numpy(dtype=np.float64),
+                            "n": rows["n"].to_numpy()})
+        return out[np.isfinite(out["rate"].to_numpy(dtype=np.float64))], EQUAL_LAMBDA
     base = report.baselines.get(study)
     if base is None:
-        return paired_intervals(pd.DataFrame(columns=["delta"]))
-    return paired_intervals(paired_deltas(points[points[STUDY] == study], base))
+        return paired_intervals(pd.DataFrame(columns=["delta"])), EQUAL_RATE
+    return paired_intervals(paired_deltas(points, base)), EQUAL_RATE
 
 
 
@@ -304,7 +322,9 @@ def rd_curves_figure(report, log_rate: bool = True) -> Figure:
             ax.grid(True, alpha=0.3)
             ax.grid(True, which="minor", axis="x", alpha=0.12)
             if col == DELTA:
-                _delta_panel(ax, report, study, points, colors, base, others)
+                basis = _delta_panel(ax, report, study, points, colors, base, others)
+                name = f"ΔPSNR vs baseline at {basis} (dB)"
+                ax.set_ylabel(name)
                 ax.set_title(f"{study}: {name}", fontsize=11)
                 if log_rate:
                     _log_rate_axis(ax)
@@ -391,21 +411,21 @@ def _reference_lines(ax, reference, models: pd.DataFrame) -> list[str]:
 
 
 def _delta_panel(ax, report, study: str, points: pd.DataFrame, colors: dict, base: str | None,
-                 others: list[str]) -> None:
+                 others: list[str]) -> str:
     """ΔPSNR of each configuration against the baseline at equal rate, at each lambda: the mean over seeds of
     the paired differences (:func:`paired_deltas`), error bars their 95 % t interval; the differences the
     BD-rate averages, which the absolute RD plot is too coarse to show. A note says what the bars are and
-    whether any interval excludes 0."""
+    whether any interval excludes 0. Returns what the differences compare at (EQUAL_RATE or EQUAL_LAMBDA)."""
     study_points = points[points[STUDY] == study] if not points.empty else points
     base_rows = study_points[study_points["configuration"] == base] if base is not None else study_points.iloc[:0]
     if base_rows.empty:
         ax.text(0.5, 0.5, "no baseline RD curve", ha="center", va="center", transform=ax.transAxes)
-        return
+        return EQUAL_RATE
     base_rates = base_rows["rate"][base_rows["rate"] > 0]
     if base_rates.nunique() < 2:
         ax.text(0.5, 0.5, "baseline has fewer than 2 RD points", ha="center", va="center", transform=ax.transAxes)
-        return
-    intervals = study_intervals(report, study, points)
+        return EQUAL_RATE
+    intervals, basis = study_intervals(report, study, points)
     ax.axhline(0.0, color=BASELINE_COLOR, linewidth=2.6, zorder=5)
     notes: list[str] = []
     drawn = intervals[intervals["mean"].notna()] if not intervals.empty else intervals
@@ -439,11 +459,12 @@ def _delta_panel(ax, report, study: str, points: pd.DataFrame, colors: dict, bas
             notes.append("n=1: no spread, no interval (one seed paired per point)")
         else:
             notes.append(f"error bars: {CONFIDENCE:.0%} paired t intervals over {_count_text(with_interval['n'])}"
-                         .replace("%", " %") + " (same seed and λ, baseline at equal rate)")
+                         .replace("%", " %") + (" (same seed and λ, baseline at equal rate)" if basis == EQUAL_RATE
+                                           else " (same seed and λ)"))
             excluding = int(((with_interval["low"] > 0) | (with_interval["high"] < 0)).sum())
             notes.append(WITHIN_NOISE if excluding == 0 else
                          f"{excluding} of {len(with_interval)} intervals exclude 0")
-    if COLLAPSED in study_points.columns and (study_points[COLLAPSED] == 1.0).any():
+    if basis == EQUAL_RATE and COLLAPSED in study_points.columns and (study_points[COLLAPSED] == 1.0).any():
         notes.append("collapsed trials left out")
     if missing:
         # An absent curve would read as "no difference"; say which ones have no paired point.
@@ -454,6 +475,7 @@ def _delta_panel(ax, report, study: str, points: pd.DataFrame, colors: dict, bas
         ax.set_ylim(low, high + (0.07 * len(notes) + 0.03) * (high - low))
         ax.text(0.02, 0.98, "\n".join(notes), ha="left", va="top", fontsize=8, transform=ax.transAxes, wrap=True,
                 zorder=9, bbox={"boxstyle": "round,pad=0.3", "facecolor": "white", "alpha": 0.85, "linewidth": 0})
+    return basis
 
 
 def _rd_line(ax, rows: pd.DataFrame, col: str, label: str | None, color, width: float, marker: str | None,

@@ -5,6 +5,7 @@ import json
 import math
 
 import numpy as np
+import pandas as pd
 import pytest
 from matplotlib.colors import to_hex
 from scipy import stats
@@ -182,13 +183,19 @@ def test_delta_panel_draws_paired_intervals_and_says_when_all_contain_zero(tmp_p
     trials = _trials(offsets={"equal": dict(enumerate(offsets))}, epochs=2, rate_factors=())
     report = _report(write_experiment_dir(tmp_path, "exp", trials, study=STUDY))
     points = curve_points(report.trials, report.options)
-    intervals = plots.study_intervals(report, STUDY, points)
+    intervals, basis = plots.study_intervals(report, STUDY, points)
+    assert basis == plots.EQUAL_RATE
     equal = intervals[intervals["configuration"] == "equal"]
     mean, half, n = np.mean(offsets), stats.t.ppf(0.975, 2) * np.std(offsets, ddof=1) / math.sqrt(3), 3
     assert len(equal) == 4
     assert equal["mean"].to_numpy() == pytest.approx([mean] * 4, abs=1e-9)
     assert equal["half"].to_numpy() == pytest.approx([half] * 4, abs=1e-9)
     assert (equal["n"] == n).all()
+    # At the baseline's rates the tables' paired differences (same seed and lambda) are the same numbers.
+    paired = report.studies[0].paired
+    tables = paired[(paired["configuration"] == "equal") & (paired["quantity"] == plots.TABLES_DELTA_PSNR)]
+    assert tables["mean"].to_numpy() == pytest.approx(equal["mean"].to_numpy(), abs=1e-9)
+    assert tables["hi"].to_numpy() == pytest.approx(equal["high"].to_numpy(), abs=1e-9)
     fig = plots.rd_curves_figure(report)
     ax, note = _delta_note(fig)
     bars = next(c for c in ax.containers if c.lines[0].get_gid() == plots.gid(plots.DELTA_GID, STUDY, "equal"))
@@ -200,6 +207,24 @@ def test_delta_panel_draws_paired_intervals_and_says_when_all_contain_zero(tmp_p
     assert (plots.WITHIN_NOISE in note) == within
     if not within:
         assert "4 of " in note and "intervals exclude 0" in note
+
+
+def test_delta_panel_can_draw_the_tables_paired_differences(report, monkeypatch):
+    """With TABLES_INTERVALS naming the tables' paired table (same seed and lambda), the panel draws those, at
+    the configuration's mean rate at each lambda, and says they compare at equal λ."""
+    rows = [("equal", lam, "ΔPSNR (dB)", 0.1, -0.05, 0.25, 3) for lam in LAMBDAS]
+    rows += [("equal", lam, "Δbpp (%)", 5.0, 4.0, 6.0, 3) for lam in LAMBDAS]  # another quantity: not drawn
+    paired = pd.DataFrame.from_records(rows, columns=["configuration", "lmbda", "quantity", "mean", "lo", "hi", "n"])
+    monkeypatch.setattr(plots, "TABLES_INTERVALS", "paired")
+    monkeypatch.setattr(report.studies[0], "paired", paired, raising=False)
+    ax, note = _delta_note(plots.rd_curves_figure(report))
+    assert "equal λ" in ax.get_ylabel() and plots.WITHIN_NOISE in note and "over 3 seeds (same seed and λ)" in note
+    bars = next(c for c in ax.containers if c.lines[0].get_gid() == plots.gid(plots.DELTA_GID, STUDY, "equal"))
+    points = curve_points(report.trials, report.options)
+    rates = points[points["configuration"] == "equal"].groupby("lmbda")["rate"].mean()
+    assert bars.lines[0].get_xdata() == pytest.approx(rates.to_numpy())
+    assert bars.lines[0].get_ydata() == pytest.approx([0.1] * 4)
+    assert "no point paired with the baseline" in note  # the other configurations have no row
 
 
 def test_one_seed_says_no_spread(tmp_path):
