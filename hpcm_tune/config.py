@@ -25,6 +25,7 @@ from dataclasses import MISSING, asdict, dataclass, field, fields, replace
 from typing import Any
 
 from hpcm_tune.registry import Registry
+from hpcm_tune.safe_yaml import excerpt
 
 # ---------------------------------------------------------------------------------------------------------------
 # Learning-rate schedules (pure functions of the epoch).
@@ -84,7 +85,7 @@ def _registry_names(module: str, attribute: str) -> tuple[str, ...] | None:
 def _check_choice(key: str, value: Any, allowed: tuple[str, ...] | None) -> str:
     if not isinstance(value, str) or (allowed is not None and value not in allowed):
         shown = ", ".join(allowed) if allowed is not None else "a name"
-        raise ValueError(f"{key}: got {value!r}; allowed: {shown}")
+        raise ValueError(f"{key}: got {excerpt(value)}; allowed: {shown}")
     return value
 
 
@@ -99,18 +100,18 @@ def _number(key: str, value: Any, *, low: float | None = None, low_open: bool = 
         with contextlib.suppress(ValueError):
             value = float(value)
     if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(float(value)):
-        raise ValueError(f"{key}: got {original!r}; allowed: a finite number{what}")
+        raise ValueError(f"{key}: got {excerpt(original)}; allowed: a finite number{what}")
     value = float(value)
     if low is not None and (value < low or (low_open and value == low)):
-        raise ValueError(f"{key}: got {original!r}; allowed: a finite number{what}")
+        raise ValueError(f"{key}: got {excerpt(original)}; allowed: a finite number{what}")
     if high is not None and value > high:
-        raise ValueError(f"{key}: got {original!r}; allowed: a finite number{what}")
+        raise ValueError(f"{key}: got {excerpt(original)}; allowed: a finite number{what}")
     return value
 
 
 def _integer(key: str, value: Any, *, low: int, what: str = "") -> int:
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or int(value) < low:
-        raise ValueError(f"{key}: got {value!r}; allowed: an integer >= {low}{what}")
+        raise ValueError(f"{key}: got {excerpt(value)}; allowed: an integer >= {low}{what}")
     return int(value)
 
 
@@ -118,13 +119,13 @@ def _boolean(key: str, value: Any) -> bool:
     if type(value).__module__ == "numpy" and type(value).__name__ in ("bool_", "bool"):
         value = bool(value)  # a searcher may hand numpy booleans
     if not isinstance(value, bool):
-        raise ValueError(f"{key}: got {value!r}; allowed: true or false")
+        raise ValueError(f"{key}: got {excerpt(value)}; allowed: true or false")
     return value
 
 
 def _string(key: str, value: Any, *, empty_ok: bool = True) -> str:
     if not isinstance(value, str) or (not empty_ok and not value):
-        raise ValueError(f"{key}: got {value!r}; allowed: a {'' if empty_ok else 'non-empty '}string")
+        raise ValueError(f"{key}: got {excerpt(value)}; allowed: a {'' if empty_ok else 'non-empty '}string")
     return value
 
 
@@ -202,11 +203,11 @@ class WeightingConfig:
         weights = self.scale_weights
         allowed = "three numbers > 0 (s1, s2, s3)"
         if isinstance(weights, str | bytes) or not hasattr(weights, "__len__") or len(weights) != 3:
-            raise ValueError(f"scale_weights: got {weights!r}; allowed: {allowed}")
+            raise ValueError(f"scale_weights: got {excerpt(weights)}; allowed: {allowed}")
         try:
             values = tuple(_number("scale_weights", w, low=0.0, low_open=True) for w in weights)
         except ValueError:
-            raise ValueError(f"scale_weights: got {weights!r}; allowed: {allowed}") from None
+            raise ValueError(f"scale_weights: got {excerpt(weights)}; allowed: {allowed}") from None
         _set(self, "scale_weights", values)
         _set(self, "min_loss", _number("min_loss", self.min_loss))
         _check_choice("update_mode", self.update_mode, _registry_names("hpcm_tune.weighting", "UPDATE_MODES"))
@@ -300,7 +301,7 @@ class RunSection:
             device in ("auto", "cpu", "cuda") or (device.startswith("cuda:") and device[5:].isdigit())
         )
         if not ok:
-            raise ValueError(f"device: got {device!r}; allowed: auto, cpu, cuda, cuda:N")
+            raise ValueError(f"device: got {excerpt(device)}; allowed: auto, cpu, cuda, cuda:N")
         for key in ("amp", "compile", "channels_last"):
             _set(self, key, _boolean(key, getattr(self, key)))
         _set(self, "max_nonfinite", _integer("max_nonfinite", self.max_nonfinite, low=1))
@@ -351,7 +352,7 @@ class RunConfig:
     def __post_init__(self) -> None:
         for name, cls in SECTIONS.items():
             if not isinstance(getattr(self, name), cls):
-                raise ValueError(f"{name}: got {getattr(self, name)!r}; allowed: a {cls.__name__}")
+                raise ValueError(f"{name}: got {excerpt(getattr(self, name))}; allowed: a {cls.__name__}")
         if self.weighting.name is None:
             _set(self, "weighting", replace(self.weighting, name=DEFAULT_WEIGHTING.get(self.objective.name,
                                                                                      "standard")))
@@ -386,7 +387,7 @@ class RunConfig:
                 put(section, name, value, key)
             else:
                 raise ValueError(
-                    f"{key}: unknown key (value {value!r}); allowed: {', '.join(sorted(FLAT_KEYS))} "
+                    f"{key}: unknown key (value {excerpt(value)}); allowed: {', '.join(sorted(FLAT_KEYS))} "
                     f"or the sections {', '.join(SECTIONS)}"
                 )
         return cls(**{name: SECTIONS[name](**values[name]) for name in SECTIONS})

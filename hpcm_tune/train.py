@@ -24,6 +24,7 @@ from typing import Any
 
 import yaml
 
+from hpcm_tune import safe_yaml
 from hpcm_tune.config import RunConfig, to_flat
 
 # The original design's flags, CompressAI's example names and --init-from -> our flat keys (store: value; const:
@@ -79,17 +80,21 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
         key, sep, text = item.partition("=")
         if not sep or not key.strip():
             raise ValueError(f"--set: got {item!r}; expected KEY=VALUE")
-        out[key.strip()] = yaml.safe_load(text) if text.strip() else ""
+        try:
+            out[key.strip()] = safe_yaml.load(text, f"--set {key.strip()}") if text.strip() else ""
+        except yaml.YAMLError as error:
+            raise ValueError(f"--set {key.strip()}: {safe_yaml.excerpt(text)} is not a YAML value: "
+                             f"{str(error).splitlines()[0][:200]}") from None
     return out
 
 
 def read_config_file(path: Path) -> dict[str, Any]:
     try:
-        content = yaml.safe_load(path.read_text())
-    except OSError as error:
+        content = safe_yaml.load(path.read_text(), f"--config {path}")
+    except (OSError, UnicodeDecodeError) as error:
         raise ValueError(f"--config: cannot read {path}: {error}") from None
     except yaml.YAMLError as error:
-        raise ValueError(f"--config: {path} is not valid YAML: {error}") from None
+        raise ValueError(f"--config: {path} is not valid YAML: {str(error)[:500]}") from None
     if content is None:
         return {}
     if not isinstance(content, dict):
@@ -144,9 +149,11 @@ def run(args: argparse.Namespace) -> dict[str, float]:
         return {}
     out = args.out or _default_out(config)
     has_checkpoints = bool(list_checkpoints(out / "checkpoints"))
-    if has_checkpoints and not args.resume:
-        raise ValueError(f"--out {out} already holds checkpoints; pass --resume to continue it or choose "
-                         f"another --out")
+    held = [p.name for p in (out / "params.json", out / "result.json", out / "checkpoints") if p.exists()]
+    held += sorted(p.name for p in out.glob("checkpoint_*"))[:1]  # a sweep trial's directory
+    if held and not args.resume:
+        raise ValueError(f"--out {out} already holds a run ({', '.join(held)}); nothing was changed. Pass --resume "
+                         f"to continue it or choose another --out")
     # Data, model, checkpoint and init_from are checked before anything is written to the run directory.
     engine = Engine(config, workdir=out)
     if args.resume and has_checkpoints:

@@ -87,7 +87,7 @@ def test_a_short_run_writes_params_results_and_checkpoints_and_resumes(folder, t
 
     with pytest.raises(SystemExit) as info:  # never silently overwrite a run
         main([*common, "--set", "epochs=2"])
-    assert info.value.code == 2 and "already holds checkpoints" in capsys.readouterr().err
+    assert info.value.code == 2 and "already holds a run" in capsys.readouterr().err
 
     assert main(["--out", str(out), "--resume", "--quiet"]) == 0  # the recorded config: nothing left to do
     assert len((out / "result.json").read_text().splitlines()) == 2
@@ -163,3 +163,17 @@ def test_init_from_a_missing_path_exits_2_before_training(folder, tmp_path, caps
         main(["--quiet", "-d", str(folder), "--out", str(tmp_path / "run"), "--init-from", str(tmp_path / "nope")])
     assert info.value.code == 2 and "no such file or directory" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()  # checked before anything is written
+
+
+def test_a_sweep_trial_directory_is_never_overwritten_without_resume(folder, tmp_path, capsys):
+    # A trial's results but no checkpoints/ folder (Ray keeps checkpoint_NNNNNN/ beside them).
+    trial = tmp_path / "trial"
+    trial.mkdir()
+    (trial / "params.json").write_text('{"epochs": 5}')
+    (trial / "result.json").write_text('{"epoch": 1}\n')
+    (trial / "checkpoint_000000").mkdir()
+    before = {p.name: p.read_bytes() for p in trial.iterdir() if p.is_file()}
+    with pytest.raises(SystemExit) as info:
+        main(["--quiet", "-d", str(folder), "--out", str(trial), "--set", "epochs=1"])
+    assert info.value.code == 2 and "already holds a run (params.json, result.json" in capsys.readouterr().err
+    assert {p.name: p.read_bytes() for p in trial.iterdir() if p.is_file()} == before

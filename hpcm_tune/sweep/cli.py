@@ -55,10 +55,18 @@ def _gpus(text: str) -> float:
 
 
 def _assignment(text: str) -> tuple[str, Any]:
+    from hpcm_tune import safe_yaml
+    from hpcm_tune.safe_yaml import excerpt
+
     key, sep, value = text.partition("=")
     if not sep or not key:
-        raise argparse.ArgumentTypeError(f"got {text!r}; allowed: KEY=VALUE (VALUE read as YAML: 3, 0.5, [1, 2])")
-    return key.strip(), yaml.safe_load(value)
+        raise argparse.ArgumentTypeError(f"got {excerpt(text)}; allowed: KEY=VALUE (VALUE read as YAML: 3, 0.5, "
+                                         f"[1, 2])")
+    try:
+        return key.strip(), safe_yaml.load(value, f"--set {key.strip()}")
+    except (yaml.YAMLError, ValueError) as exc:
+        raise argparse.ArgumentTypeError(f"{key.strip()}: {excerpt(value)} is not a YAML value: "
+                                         f"{str(exc).splitlines()[0][:200]}") from None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -114,6 +122,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with --resume: retry errored trials from their last checkpoint")
     p.add_argument("--restart-errored", action="store_true",
                    help="with --resume: restart errored trials from scratch")
+    p.add_argument("--trust-storage", action="store_true",
+                   help="with --resume: continue even if other users can write the experiment directory (Ray "
+                        "unpickles its state, so they could run code on this machine)")
     p.add_argument("--engine", default="hpcm", choices=("hpcm", "fake"),
                    help="what a trial trains: hpcm (the real engine) or fake (a seconds-long stand-in for tests "
                         "and benchmarks of the sweep machinery)")
@@ -125,6 +136,8 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+# Flags whose effect Tuner.restore takes from the experiment's saved state, never from the command line.
+RESTORED_WITH_THE_SWEEP = ("space", "name", "wandb", "wandb_project", "wandb_upload_timeout")
 OVERRIDES = ("samples", "max_concurrent", "cpus", "gpus", "scheduler", "searcher", "epochs", "seed", "repeats",
              "max_failures", "checkpoints_to_keep", "delete_stopped_checkpoints")
 
@@ -158,14 +171,44 @@ def space_from_args(args: argparse.Namespace) -> SearchSpace:
         raise
 
 
+def _resume_dry_run(experiment: str, opts: Any) -> int:
+    """What --resume would continue, without starting anything."""
+    from pathlib import Path
+
+    from hpcm_tune.sweep.launcher import read_experiment_for_resume
+    from hpcm_tune.sweep.parents import status
+
+    path, meta, space, parents = read_experiment_for_resume(experiment, opts)
+    trials = sorted(p.name for p in Path(path).iterdir() if (p / "params.json").exists()) \
+        if "://" not in path else []
+    print(f"{path}: study {space.study}, {space.total_trials()} trials planned, {len(trials)} started, scheduler "
+          f"{space.scheduler}, searcher {space.searcher}, metric {space.metric} ({space.mode}), epochs "
+          f"{space.max_epochs}; created {meta.get('created')}, resumed {len(meta.get('resumed', []))} time(s)")
+    for parent in parents:
+        print(f"   parent {parent.name}: {status(parent)}")
+    print("--resume would continue it: finished trials kept, unfinished ones from their last checkpoint"
+          + ("; errored ones retried" if opts.retry_errored or opts.restart_errored else ""))
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     from hpcm_tune.sweep.launcher import SweepOptions, format_summary, resume_sweep, run_sweep
     from hpcm_tune.sweep.parents import ParentError
 
-    if (args.retry_errored or args.restart_errored) and not args.resume:
-        parser.error("--retry-errored/--restart-errored need --resume EXPERIMENT")
+    if (args.retry_errored or args.restart_errored or args.trust_storage) and not args.resume:
+        parser.error("--retry-errored/--restart-errored/--trust-storage need --resume EXPERIMENT")
+    if args.resume:
+        # A resumed sweep keeps its search space and settings (hpcm_tune.json): flags that would change them
+        # are refused instead of being ignored.
+        changing = [f"--{k.replace('_', '-')}" for k in (*OVERRIDES, *RESTORED_WITH_THE_SWEEP)
+                    if getattr(args, k) != parser.get_default(k)] + (["--set"] if args.set else [])
+        if changing:
+            parser.error(f"--resume continues a sweep as it was started (Ray restores its settings and callbacks); "
+                         f"{', '.join(changing)} would not take effect (allowed with --resume: --storage, "
+                         f"--address, --num-cpus, --retry-errored, --restart-errored, --trust-storage, --top, "
+                         f"--dry-run, -q; the engine is the one recorded)")
     if args.retry_errored and args.restart_errored:
         parser.error("choose one of --retry-errored and --restart-errored")
     try:
@@ -173,17 +216,21 @@ def main(argv: Sequence[str] | None = None) -> int:
             name=args.name, storage=args.storage, address=args.address, engine=args.engine, wandb=args.wandb,
             wandb_project=args.wandb_project, wandb_upload_timeout_s=args.wandb_upload_timeout,
             retry_errored=args.retry_errored, restart_errored=args.restart_errored, num_cpus=args.num_cpus,
+            trust_storage=args.trust_storage,
             top=args.top, verbose=0 if args.quiet else 1,
         )
+        if args.resume and args.dry_run:
+            return _resume_dry_run(args.resume, opts)
         if args.resume:
             summary = resume_sweep(args.resume, opts)
         else:
             space = space_from_args(args)
             if args.dry_run:
                 from hpcm_tune.sweep.launcher import storage_root
-                from hpcm_tune.sweep.parents import check_init_from, plan_parents, status
+                from hpcm_tune.sweep.parents import check_environment, check_init_from, plan_parents, status
                 from hpcm_tune.sweep.space import trial_configs
 
+                check_environment(space, local=args.address is None)
                 check_init_from(space)
                 print(f"{space.source}: {space.study}, {space.total_trials()} trials, scheduler {space.scheduler}, "
                       f"searcher {space.searcher}, metric {space.metric} ({space.mode}), epochs {space.max_epochs}")

@@ -40,6 +40,7 @@ class SweepOptions:
     wandb_upload_timeout_s: int = 60
     retry_errored: bool = False
     restart_errored: bool = False
+    trust_storage: bool = False
     num_cpus: int | None = None  # local Ray only; default: all cores
     top: int = 3
     verbose: int = 1
@@ -207,7 +208,7 @@ def trial_dirname(trial: Any) -> str:
 def run_sweep(space: SearchSpace, opts: SweepOptions) -> dict[str, Any]:
     """Start a new sweep; refuses an existing experiment name (use --resume or a new --name). With a parent
     section, the parents are trained (or taken from the cache) first, as their own stage."""
-    from hpcm_tune.sweep.parents import check_init_from, plan_parents
+    from hpcm_tune.sweep.parents import check_environment, check_init_from, plan_parents
 
     name = opts.name or default_name(space)
     storage = storage_root(opts.storage)
@@ -216,6 +217,7 @@ def run_sweep(space: SearchSpace, opts: SweepOptions) -> dict[str, Any]:
         raise SpaceError("command line", "--name", name,
                          f"an experiment already exists at {path}; continue it with --resume {name} "
                          f"(same --storage) or choose a new --name")
+    check_environment(space, local=opts.address is None)
     check_init_from(space)
     parents = plan_parents(space, storage, opts.engine)
     meta = experiment_meta(space, opts, name)
@@ -251,33 +253,75 @@ def resolve_experiment(resume: str, storage: str) -> str:
     return join(storage_root(storage), resume)
 
 
+# Files of an experiment directory that Ray unpickles on --resume (the Tuner, the searcher's state).
+PICKLED_STATE = ("tuner.pkl", "searcher-state-*.pkl", "*.pkl")
+
+
+def check_trusted(path: str, trust_storage: bool) -> None:
+    """--resume lets Ray unpickle files of the experiment directory, so whoever can write them can run code on
+    this driver: refuse a local experiment that users other than its owner may write (the directory or a
+    pickle in it), unless ``trust_storage``. Object storage cannot be checked here: its access policy is the
+    user's to keep."""
+    import stat
+
+    if trust_storage or is_uri(path):
+        return
+    root = Path(path)
+    for candidate in [root, *sorted(root.glob("*.pkl"))]:
+        mode = candidate.stat().st_mode
+        if mode & (stat.S_IWGRP | stat.S_IWOTH):
+            raise SpaceError("command line", "--resume", path,
+                             f"{candidate} is writable by other users (mode {stat.filemode(mode)}); Ray unpickles "
+                             f"the experiment's state on resume, so anyone who can write it could run code here. "
+                             f"Make it writable by you only (chmod -R go-w {path}) or pass --trust-storage")
+
+
+def read_experiment_for_resume(experiment: str, opts: SweepOptions) -> tuple[str, dict[str, Any], SearchSpace,
+                                                                            list[Any]]:
+    """(path, hpcm_tune.json content, the sweep's space, its parents) of an experiment to resume, every
+    problem a SpaceError naming the path before Ray starts."""
+    from hpcm_tune.sweep.parents import Parent
+
+    path = resolve_experiment(experiment, opts.storage)
+    if not exists(join(path, META_FILE)):
+        raise SpaceError("command line", "--resume", experiment,
+                         f"no hpcm-tune experiment at {path} (missing {META_FILE})")
+    check_trusted(path, opts.trust_storage)
+    try:
+        meta = read_json(join(path, META_FILE))
+        missing = [k for k in ("metric", "resources", "space") if k not in meta]
+        if missing:
+            raise KeyError(f"no {', '.join(missing)}")
+        space = space_from_meta(meta)
+        parents = [Parent.from_json(p) for p in meta.get("parents", [])]
+    except (ValueError, KeyError, TypeError, AttributeError) as error:
+        raise SpaceError("command line", "--resume", experiment,
+                         f"{join(path, META_FILE)} is damaged ({type(error).__name__}: {str(error)[:200]}); it "
+                         f"describes the sweep, so it cannot be resumed without it") from None
+    return path, meta, space, parents
+
+
 def resume_sweep(experiment: str, opts: SweepOptions) -> dict[str, Any]:
     """Continue an interrupted sweep: finished trials kept, unfinished ones from their last checkpoint,
     errored ones retried (from their checkpoint) with ``retry_errored`` or from scratch with
     ``restart_errored``; ASHA's rung records come back with the experiment snapshot."""
     from ray import tune
 
+    from hpcm_tune.sweep.parents import ensure_parents, with_parents
     from hpcm_tune.sweep.trainable import make_trainable
 
-    path = resolve_experiment(experiment, opts.storage)
-    if not exists(join(path, META_FILE)):
-        raise SpaceError("command line", "--resume", experiment,
-                         f"no hpcm-tune experiment at {path} (missing {META_FILE})")
-    meta = read_json(join(path, META_FILE))
-    from hpcm_tune.sweep.parents import Parent, ensure_parents, with_parents
-
-    parents = [Parent.from_json(p) for p in meta.get("parents", [])]
+    path, meta, space, parents = read_experiment_for_resume(experiment, opts)
     init_ray(opts.address, opts.num_cpus)
     if not tune.Tuner.can_restore(path):
         if parents:  # killed during the parent stage: finish it, then start the trials
             name = path.rstrip("/").rsplit("/", 1)[-1]
             storage = path.rstrip("/")[: -len(name) - 1]
-            return _fit_new(space_from_meta(meta), opts, name, storage, parents)
+            return _fit_new(space, opts, name, storage, parents)
         raise SpaceError("command line", "--resume", experiment,
                          f"{path} has no Tune experiment state to resume (was the driver killed before the "
                          f"first snapshot?); start a new sweep with a new --name")
     parent_rows = ensure_parents(parents) if parents else []  # a trial restarted from scratch needs its parent
-    space = with_parents(space_from_meta(meta), parents)
+    space = with_parents(space, parents)
     engine = meta.get("engine", opts.engine)
     trainable = tune.with_resources(make_trainable(engine, meta["metric"]),
                                     {"cpu": meta["resources"]["cpus"], "gpu": meta["resources"]["gpus"]})

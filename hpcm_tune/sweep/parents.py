@@ -138,6 +138,41 @@ class ParentError(RuntimeError):
     """A parent could not be trained; the sweep's trials were not started."""
 
 
+def check_environment(space: SearchSpace, local: bool) -> None:
+    """What a trial would find out too late, checked in the driver before anything is written: every data
+    folder the trials and parents use opens (hpcm_tune.data.open_data), and a CUDA device has GPUs to run on
+    (a GPU share per trial; on a local Ray, a GPU on this machine). SpaceError naming the key otherwise."""
+    from hpcm_tune.data import open_data
+    from hpcm_tune.sweep.space import SpaceError, validation_configs
+
+    configs = [("", cfg) for cfg in validation_configs(space, draws=0)]
+    configs += [("parent.", cfg) for cfg in parent_configs(space).values()]
+    seen: set[tuple[str, str]] = set()
+    for prefix, cfg in configs:
+        full = resolved_config({k: v for k, v in cfg.items() if not str(k).startswith("_")})
+        for key in ("data", "device"):
+            if (key, str(full[key])) in seen:
+                continue
+            seen.add((key, str(full[key])))
+            where = f"{prefix or 'fixed.'}{key}"
+            if key == "data":
+                try:
+                    open_data(full["data"])
+                except ValueError as error:
+                    raise SpaceError(space.source, where, full["data"], str(error)) from None
+            elif str(full["device"]).startswith("cuda"):
+                gpus = space.parent_resources.get("gpus", space.gpus) if prefix else space.gpus
+                if not gpus:
+                    raise SpaceError(space.source, where, full["device"], "a CUDA device needs a GPU share per "
+                                     "trial (resources.gpus > 0, or --gpus-per-trial); Ray gives this one none")
+                if local:
+                    import torch
+
+                    if not torch.cuda.is_available():
+                        raise SpaceError(space.source, where, full["device"], "this machine has no CUDA device "
+                                         "(torch.cuda.is_available() is False); allowed here: auto, cpu")
+
+
 def check_init_from(space: SearchSpace) -> None:
     """Every ``init_from`` the space names (in fixed, configurations or the parent section) exists, holds a
     readable checkpoint, and is of the run's preset and architecture: a SpaceError naming the file and key
@@ -433,5 +468,6 @@ def _point(done: Mapping[str, Any]) -> str:
             f"lambda*D {r['lambda_d']:.3g}; {r['vs_jpeg']}")
 
 
-__all__ = ["DONE_FILE", "PARENTS_DIR", "Parent", "ParentError", "check_init_from", "ensure_parents",
-           "model_fingerprint", "parent_digest", "plan_parents", "status", "train_parent", "verify", "with_parents"]
+__all__ = ["DONE_FILE", "PARENTS_DIR", "Parent", "ParentError", "check_environment", "check_init_from",
+           "ensure_parents", "model_fingerprint", "parent_digest", "plan_parents", "status", "train_parent", "verify",
+           "with_parents"]

@@ -15,6 +15,8 @@ import dataclasses
 import json
 import math
 import numbers
+import random
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -77,14 +79,24 @@ OPTUNA_SAMPLERS: tuple[str, ...] = ("tpe", "random")
 # Metrics a scheduler/searcher may watch (reported every epoch by the engine).
 WATCHABLE_METRICS: tuple[str, ...] = (*metrics.EVAL_METRICS, metrics.TRAIN_LOSS, metrics.TRAIN_BPP, metrics.TRAIN_PSNR)
 RESOURCE_KEYS: frozenset[str] = frozenset({"cpus", "gpus"})
+# A study names the experiment directory (study-date-time) under the storage: no separators, no '..'.
+STUDY_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9 ._-]{0,99}")
+# Keys that belong to the whole sweep, so configurations and params may not set them: the budget ASHA, the
+# summary and checkpoint clean-up count against, and the seed, which comes from 'seed' and 'repeats'.
+SWEEP_KEYS: dict[str, str] = {
+    EPOCHS_KEY: "the sweep's budget (ASHA's maximum, the summary's full budget): set it in fixed",
+    SEED_KEY: "seeds come from fixed.seed (the first) and repeats",
+}
 
 
 class SpaceError(ValueError):
     """A search-space file or override is invalid; the message names the file, the key and the value."""
 
     def __init__(self, source: str, key: str, value: Any, allowed: str) -> None:
+        from hpcm_tune.safe_yaml import excerpt
+
         self.source, self.key, self.value, self.allowed = source, key, value, allowed
-        super().__init__(f"{source}: {key} = {value!r}: {allowed}")
+        super().__init__(f"{source}: {key} = {excerpt(value)}: {allowed}")
 
 
 def known_config_keys() -> frozenset[str]:
@@ -293,6 +305,10 @@ def parse_domain(source: str, key: str, spec: Any) -> Domain:
         q = _num(source, where, spec, "q")
         if q <= 0 or q > high - low:
             raise SpaceError(source, f"{where}.q", q, f"must be in (0, high - low = {high - low}]")
+        for name, bound in (("low", low), ("high", high)):
+            if abs(bound / q - round(bound / q)) > 1e-9:
+                raise SpaceError(source, f"{where}.{name}", bound, f"must be a multiple of q = {q} (values are "
+                                 f"rounded to multiples of q, so the bounds must be ones)")
         return QUniform(float(low), float(high), float(q))
     if kind == "randint":
         low, high = _num(source, where, spec, "low", integer=True), _num(source, where, spec, "high", integer=True)
@@ -450,8 +466,9 @@ def _check_domain(source: str, key: str, dom: Domain) -> None:
 def validate(space: SearchSpace) -> None:
     """Every rule a space must satisfy; raises SpaceError naming file, key and value."""
     src = space.source
-    if not isinstance(space.study, str) or not space.study.strip():
-        raise SpaceError(src, "study", space.study, "a non-empty name")
+    if not isinstance(space.study, str) or not STUDY_NAME.fullmatch(space.study) or ".." in space.study:
+        raise SpaceError(src, "study", space.study, "a name of letters, digits, spaces and . _ - not starting with "
+                         "'.' or a space, at most 100 characters (it names the experiment's directory)")
     known = known_config_keys()
     for section, keys in (("fixed", space.fixed), ("params", space.params),
                           *((f"configurations.{label}", cfg) for label, cfg in space.configurations.items())):
@@ -469,6 +486,8 @@ def validate(space: SearchSpace) -> None:
     for key, dom in space.params.items():
         if key in space.fixed:
             raise SpaceError(src, f"params.{key}", dom.kind, "also set in fixed; set it in one place")
+        if key in SWEEP_KEYS:
+            raise SpaceError(src, f"params.{key}", dom.kind, SWEEP_KEYS[key])
         _check_domain(src, key, dom)
     for label, cfg in space.configurations.items():
         if not isinstance(label, str) or not label.strip():
@@ -478,6 +497,8 @@ def validate(space: SearchSpace) -> None:
         for key, value in cfg.items():
             if key in space.params:
                 raise SpaceError(src, f"configurations.{label}.{key}", value, "also searched in params")
+            if key in SWEEP_KEYS:
+                raise SpaceError(src, f"configurations.{label}.{key}", value, SWEEP_KEYS[key])
             _check_value(src, key, value)
     if len({frozenset(c) for c in space.configurations.values()}) > 1:
         raise SpaceError(src, "configurations", list(space.configurations),
@@ -590,19 +611,20 @@ def training_config(config: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def check_with_run_config(space: SearchSpace) -> None:
-    """Build every representative trial config with RunConfig.from_dict (when hpcm_tune.config exists), so
-    a value the engine would refuse fails here, naming the file, before any trial starts."""
+    """Build the validation configs (validation_configs) and the parents with RunConfig.from_dict, so a value
+    the engine would refuse fails here, naming the file, before any trial starts."""
     try:
         from hpcm_tune.config import RunConfig
     except ImportError:
         return
-    for cfg in trial_configs(space):
+    for cfg in validation_configs(space):
         try:
             RunConfig.from_dict(training_config(cfg))
         except ValueError as exc:
             raise SpaceError(space.source, f"trial config (label {cfg.get('label')!r})",
                              {k: v for k, v in cfg.items() if k in space.params or k == LAMBDA_KEY},
-                             f"rejected by RunConfig: {exc}") from None
+                             f"rejected by RunConfig: {exc} (every domain is tried at both bounds and at "
+                             f"{VALIDATION_DRAWS} random draws)") from None
     for key, cfg in parent_configs(space).items():
         try:
             RunConfig.from_dict(cfg)
@@ -765,10 +787,14 @@ def load_space(path: str | Path) -> SearchSpace:
     path = Path(path)
     if not path.is_file():
         raise SpaceError(str(path), "<file>", str(path), "no such file")
+    from hpcm_tune import safe_yaml
+
     try:
-        data = yaml.safe_load(path.read_text())
+        data = safe_yaml.load(path.read_text(), str(path))
     except yaml.YAMLError as exc:
         raise SpaceError(str(path), "<file>", str(path), f"not valid YAML: {exc}") from None
+    except (safe_yaml.YAMLLimitError, UnicodeDecodeError) as exc:
+        raise SpaceError(str(path), "<file>", str(path), f"refused: {exc}") from None
     return parse_space(data, source=str(path))
 
 
@@ -785,22 +811,59 @@ def resolve_space_path(name_or_path: str, root: Path | None = None) -> Path:
     raise SpaceError(name_or_path, "--space", name_or_path, f"no such file or preset; presets: {', '.join(presets)}")
 
 
-def trial_configs(space: SearchSpace) -> list[dict[str, Any]]:
-    """Representative flat trial configs (one per grid point/configuration/seed, random domains at their lower
-    bound or first choice), used to check every combination with RunConfig.from_dict before Ray starts."""
-    base = dict(space.fixed)
+# Random draws per random domain, besides both bounds, that validation builds with RunConfig before Ray starts.
+VALIDATION_DRAWS = 8
+
+
+def _random_value(dom: Domain, where: str, rng: random.Random | None = None) -> Any:
+    """A value of a random domain: at its lower or upper bound (``where``), or drawn with ``rng``."""
+    if isinstance(dom, Simplex):
+        us = {"low": [1e-9] + [1.0] * (dom.dim - 1), "high": [1.0] * (dom.dim - 1) + [1e-9],
+              "middle": [0.5] * dom.dim}.get(where) or [rng.random() for _ in range(dom.dim)]
+        return dom.from_uniforms(us)
+    if isinstance(dom, RandInt):
+        return {"low": dom.low, "high": dom.high - 1}.get(where, dom.low) if where != "draw" \
+            else rng.randrange(dom.low, dom.high)
+    if where in ("low", "high"):
+        return getattr(dom, where)
+    if isinstance(dom, LogUniform):
+        return math.exp(rng.uniform(math.log(dom.low), math.log(dom.high)))
+    value = rng.uniform(dom.low, dom.high)
+    return round(value / dom.q) * dom.q if isinstance(dom, QUniform) else value
+
+
+def _configs(space: SearchSpace, random_rows: list[dict[str, Any]], seeds: tuple[int, ...]) -> list[dict[str, Any]]:
+    """Flat trial configs: every grid and choice value x ``random_rows`` (values of the random domains) x every
+    configuration x ``seeds``."""
     rows: list[dict[str, Any]] = [{}]
     for key, dom in space.params.items():
         if dom.is_grid() or isinstance(dom, Choice):
             rows = [{**r, key: v} for r in rows for v in dom.values()]
-        elif isinstance(dom, Simplex):
-            rows = [{**r, key: dom.from_uniforms([0.5] * dom.dim)} for r in rows]
-        elif isinstance(dom, RandInt | Uniform | LogUniform | QUniform):
-            rows = [{**r, key: type(dom.low)(dom.low)} for r in rows]
+    rows = [{**r, **values} for r in rows for values in random_rows]
     labelled = [(label, cfg) for label, cfg in space.configurations.items()] or [(space.study, {})]
-    out = []
-    for label, cfg in labelled:
-        for r in rows:
-            for seed in space.seeds:
-                out.append({**base, **cfg, **r, SEED_KEY: seed, "study": space.study, "label": label})
-    return out
+    return [{**space.fixed, **cfg, **r, SEED_KEY: seed, "study": space.study, "label": label}
+            for label, cfg in labelled for r in rows for seed in seeds]
+
+
+def _random_domains(space: SearchSpace) -> dict[str, Domain]:
+    return {k: d for k, d in space.params.items()
+            if not (d.is_grid() or isinstance(d, Choice)) and isinstance(d, Simplex | RandInt | _Interval)}
+
+
+def trial_configs(space: SearchSpace) -> list[dict[str, Any]]:
+    """Representative flat trial configs (one per grid point/configuration/seed; random domains at their lower
+    bound, a simplex at equal weights), as --dry-run lists them."""
+    random_domains = _random_domains(space)
+    middle = {k: _random_value(d, "middle" if isinstance(d, Simplex) else "low") for k, d in random_domains.items()}
+    return _configs(space, [middle], space.seeds)
+
+
+def validation_configs(space: SearchSpace, draws: int = VALIDATION_DRAWS) -> list[dict[str, Any]]:
+    """The trial configs validation builds before Ray starts: every grid point and configuration with the random
+    domains at both bounds and at ``draws`` random draws (seeded by the space's seed), first seed only."""
+    random_domains = _random_domains(space)
+    rng = random.Random(space.seed)
+    rows = [{k: _random_value(d, where) for k, d in random_domains.items()} for where in ("low", "high")]
+    if random_domains:
+        rows += [{k: _random_value(d, "draw", rng) for k, d in random_domains.items()} for _ in range(draws)]
+    return _configs(space, rows, space.seeds[:1])
