@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from hpcm_tune.analysis import BDError, BDOverlapWarning, bd_psnr, bd_rate
+from hpcm_tune.analysis.bd import curve_problem
 
 # HPCM Base on Kodak, paper points (DESIGN.md §2): bpp, PSNR dB.
 BASE_BPP = [0.1211, 0.1757, 0.2729, 0.4125, 0.5898, 0.8209]
@@ -97,3 +98,48 @@ def test_warns_on_low_overlap_only():
     with pytest.warns(BDOverlapWarning, match="overlap over only"):
         value = bd_rate(BASE_BPP[:4], BASE_PSNR[:4], OTHER_BPP[2:], OTHER_PSNR[2:])
     assert np.isfinite(value)
+
+
+# Points in lambda order: a curve, one whose PSNR dips at the third lambda, and a flat one (0.06 dB in all).
+RISING_PSNR = [30.0, 32.0, 31.0, 34.0]
+FLAT_PSNR = [30.0, 30.02, 30.04, 30.06]
+
+
+def test_curve_problem_names_what_makes_points_no_rd_curve():
+    assert curve_problem(BASE_BPP, BASE_PSNR) is None
+    assert "PSNR does not rise strictly" in curve_problem(BASE_BPP[:4], RISING_PSNR)
+    assert "rate does not rise strictly" in curve_problem([0.1, 0.3, 0.2, 0.4], BASE_PSNR[:4])
+    assert "spans less than 0.5 dB" in curve_problem(BASE_BPP[:4], FLAT_PSNR)
+    assert curve_problem(BASE_BPP[:4], FLAT_PSNR, min_span_db=0.05) is None
+    assert "single lambda" in curve_problem([0.2, np.nan], [31.0, 32.0])
+    # Order matters here (it is the lambda order): the same points reversed are no curve.
+    assert curve_problem(BASE_BPP[::-1], BASE_PSNR[::-1]) is not None
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_on_curves_the_package_accepts_the_values_are_equal(method):
+    # Per-seed-like curves: 4 lambdas, the test one shifted unevenly (not a copy of the anchor).
+    anchor_bpp, anchor_psnr = BASE_BPP[:4], BASE_PSNR[:4]
+    test_bpp, test_psnr = [0.118, 0.181, 0.269, 0.425], [29.31, 30.91, 32.35, 34.30]
+    for ours, theirs in ((bd_rate, bjontegaard.bd_rate), (bd_psnr, bjontegaard.bd_psnr)):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            expected = theirs(anchor_bpp, anchor_psnr, test_bpp, test_psnr, method=method)
+        value = ours(anchor_bpp, anchor_psnr, test_bpp, test_psnr, method=method, min_span_db=0.5)
+        assert np.isfinite(expected) and value == pytest.approx(expected, rel=1e-9, abs=1e-9)
+
+
+def test_non_curves_are_refused_with_a_reason_where_sorting_would_hide_them():
+    bpp = BASE_BPP[:4]
+    # The package's PCHIP refuses the dipping curve for BD-rate (its x, the PSNR, is not monotone) ...
+    with pytest.raises(ValueError, match="strictly increasing"):
+        bjontegaard.bd_rate(bpp, BASE_PSNR[:4], bpp, RISING_PSNR, method="pchip")
+    # ... our BD-rate without the check sorts and integrates it; with it, it is refused with the reason.
+    assert np.isfinite(bd_rate(bpp, BASE_PSNR[:4], bpp, RISING_PSNR, min_overlap=0.0))
+    for method in METHODS:
+        with pytest.raises(BDError, match="test: quality does not rise strictly"):
+            bd_rate(bpp, BASE_PSNR[:4], bpp, RISING_PSNR, method=method, min_span_db=0.5)
+        with pytest.raises(BDError, match="spans less than 0.5 dB"):
+            bd_psnr(bpp, BASE_PSNR[:4], bpp, FLAT_PSNR, method=method, min_span_db=0.5)
+    # The package accepts the flat curve and returns a number: the refusal is our policy (--min-span).
+    assert np.isfinite(bjontegaard.bd_psnr(bpp, BASE_PSNR[:4], bpp, FLAT_PSNR, method="pchip"))
