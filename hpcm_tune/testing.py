@@ -147,14 +147,29 @@ _RAY_RESULT_FIELDS = ("timestamp", "checkpoint_dir_name", "done", "training_iter
                       "iterations_since_restore")
 
 
+def image_psnr_offset(index: int, count: int) -> float:
+    """PSNR offset (dB) of evaluation image ``index`` of ``count`` in :func:`fake_rd_metrics`: from -1 to +1,
+    mean 0."""
+    return 0.0 if count < 2 else 2.0 * index / (count - 1) - 1.0
+
+
+def image_rate_factor(index: int, count: int) -> float:
+    """Rate factor of evaluation image ``index`` of ``count`` in :func:`fake_rd_metrics`: from 1.2 down to 0.8,
+    mean 1."""
+    return 1.0 - 0.2 * image_psnr_offset(index, count)
+
+
 def fake_rd_metrics(config: dict, epoch: int, psnr_offset: float = 0.0, rate_factor: float = 1.0,
-                    noise: float = 0.0, ms_ssim: bool = True) -> dict[str, float]:
+                    noise: float = 0.0, ms_ssim: bool = True, images: tuple[str, ...] = ()) -> dict[str, float]:
     """Plausible per-epoch metrics of one HPCM trial (names from hpcm_tune.metrics), deterministic.
 
     The converged point follows the HPCM Base Kodak curve (DESIGN.md §2) through lambda: bpp ~ lambda^0.58,
     PSNR linear in log lambda; ``psnr_offset`` (dB) and ``rate_factor`` make a better or worse codec, ``noise``
     (dB) a seed-dependent jitter. Quality rises towards the converged point as epochs pass; task weights
-    drift from uniform and gammas follow a linear schedule.
+    drift from uniform and gammas follow a linear schedule. With ``images`` (evaluation image names; default
+    none, as older engines reported) also eval_image/<image>/psnr and /bpp: image i of n gets the PSNR plus
+    ``image_psnr_offset(i, n)`` dB and the bpp times ``image_rate_factor(i, n)``, spread evenly so that their
+    means are eval/psnr and eval/bpp exactly (the engine averages over images the same way).
     """
     from hpcm_tune import metrics as m
 
@@ -182,6 +197,9 @@ def fake_rd_metrics(config: dict, epoch: int, psnr_offset: float = 0.0, rate_fac
         out[m.EVAL_BPP_SCALE[scale]] = share * bpp
     if ms_ssim:
         out[m.EVAL_MS_SSIM_DB] = 0.55 * psnr - 3.0
+    for i, image in enumerate(images):
+        out[m.eval_image_metric(image, "psnr")] = psnr + image_psnr_offset(i, len(images))
+        out[m.eval_image_metric(image, "bpp")] = bpp * image_rate_factor(i, len(images))
     # z = softmax(w + log p) with p from the scale weights (DESIGN.md §3), logits w drifting with training.
     prior = np.array(config.get("scale_weights", (0.3, 0.4, 0.3)), dtype=np.float64)
     log_p = np.log([prior[m.SCALES.index(m.TASK_SCALE[t])] / sum(m.TASK_SCALE[u] == m.TASK_SCALE[t]
@@ -219,7 +237,8 @@ def write_experiment_dir(
     Each entry of ``trials`` is a dict: ``config`` (the flat params, with lmbda, seed, epochs, label...),
     and optionally ``epochs_run`` (default: config epochs), ``error`` (bool: fails after epochs_run),
     ``status`` (Ray status in the experiment state; default from the above), ``psnr_offset``,
-    ``rate_factor``, ``noise``, ``ms_ssim`` (see :func:`fake_rd_metrics`), ``drop`` (metric names left out),
+    ``rate_factor``, ``noise``, ``ms_ssim``, ``images`` (see :func:`fake_rd_metrics`; default no per-image
+    metrics), ``drop`` (metric names left out),
     ``corrupt``: one of ``truncated_result`` (last line cut mid-way), ``garbage_result`` (a non-JSON line in
     the middle), ``garbage_params`` (params.json unreadable), ``empty_result``, ``no_result`` (no
     result.json, only progress.csv), ``no_dir`` (listed in the experiment state only, e.g. pending).
@@ -258,7 +277,7 @@ def write_experiment_dir(
         rows = []
         for epoch in range(1, run + 1):
             row = fake_rd_metrics(config, epoch, spec.get("psnr_offset", 0.0), spec.get("rate_factor", 1.0),
-                                  spec.get("noise", 0.0), spec.get("ms_ssim", True))
+                                  spec.get("noise", 0.0), spec.get("ms_ssim", True), tuple(spec.get("images", ())))
             for key in spec.get("drop", ()):
                 row.pop(key, None)
             ray_fields = (1_767_225_600 + epoch, None, epoch == epochs and not errored, epoch, trial_id, date,

@@ -8,12 +8,15 @@ import math
 import os
 import re
 import tempfile
+import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
 
-from hpcm_tune.analysis.results import LMBDA, STATUSES, STUDY, Experiment
+from hpcm_tune import metrics as m
+from hpcm_tune.analysis import provenance as prov
+from hpcm_tune.analysis.results import FINISHED, LMBDA, SEED, STATUSES, STUDY, Experiment, finite
 from hpcm_tune.analysis.tables import (
     RATES,
     AnalysisOptions,
@@ -35,16 +38,26 @@ class Report:
     studies: list[StudyTables] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)  # files skipped or replaced while reading
     references: dict = field(default_factory=dict)  # study -> analysis.references.StudyReference
+    per_image: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=PER_IMAGE_COLUMNS))
+    provenance: prov.Provenance | None = None
+    command: list[str] | None = None  # the analyze.py command line (argv), for the provenance block
 
     @property
     def baselines(self) -> dict[str, str | None]:
         return {s.study: s.baseline for s in self.studies}
 
 
-def build_report(experiments: list[Experiment], options: AnalysisOptions | None = None) -> Report:
-    """Trial table, mean RD curves and one :class:`StudyTables` per study of the given experiments; with
-    ``options.reference`` (default) also the reference codec points of each study's evaluation images
-    (computed once per image set, then cached; a failure warns and leaves n/a)."""
+PER_IMAGE_COLUMNS = ["experiment", "trial_id", STUDY, "configuration", LMBDA, SEED, "status", "epoch", "image",
+                     "psnr", "bpp"]
+
+
+def build_report(experiments: list[Experiment], options: AnalysisOptions | None = None,
+                 command: list[str] | None = None) -> Report:
+    """Trial table, mean RD curves, per-image PSNR and bpp, provenance and one :class:`StudyTables` per study
+    of the given experiments; with ``options.reference`` (default) also the reference codec points of each
+    study's evaluation images (computed once per image set, then cached; a failure warns and leaves n/a).
+    ``command``: the analyze.py command line, shown in the provenance block (also settable afterwards as
+    ``report.command``)."""
     options = options or AnalysisOptions()
     trials = trial_table(experiments)
     curves = mean_curves(curve_points(trials, options))
@@ -63,7 +76,37 @@ def build_report(experiments: list[Experiment], options: AnalysisOptions | None 
             studies.append(study_tables(trials, study, options, header_baselines.get(study),
                                         references.get(str(study))))
     return Report(options=options, experiments=experiments, trials=trials, curves=curves, studies=studies,
-                  references=references)
+                  references=references, per_image=per_image_table(experiments, trials, options),
+                  provenance=prov.collect(experiments), command=list(command) if command is not None else None)
+
+
+def per_image_table(experiments: list[Experiment], trials: pd.DataFrame, options: AnalysisOptions) -> pd.DataFrame:
+    """Tidy per-image results: one row per trial and evaluation image (PER_IMAGE_COLUMNS), PSNR (dB) and bpp at
+    the RD point the report uses (``options.point``: the final evaluation, or the epoch best in the sweep's
+    metric), for the trials the RD curves use (finished ones; all with ``include_partial``). The bpp is the
+    estimated rate whatever ``options.rate`` says: no per-image bitstream size is reported. Empty (with the
+    columns) when no trial reported per-image metrics."""
+    if trials.empty or "trial_dir" not in trials.columns:
+        return pd.DataFrame(columns=PER_IMAGE_COLUMNS)
+    info = {d: row for d, row in zip(trials["trial_dir"], trials.to_dict("records"), strict=True)}
+    records = []
+    for exp in experiments:
+        metric = exp.header.get("metric") or m.DEFAULT_METRIC
+        mode = exp.header.get("mode") or m.DEFAULT_MODE
+        for trial in exp.trials:
+            row = info.get(str(exp.path / trial.dirname))
+            if row is None or (not options.include_partial and row["status"] != FINISHED):
+                continue
+            lam = pd.to_numeric(row.get(LMBDA), errors="coerce")
+            if not finite(lam):
+                continue
+            epoch, images = trial.image_metrics(options.point, metric, mode)
+            for image, values in images.items():
+                records.append({"experiment": exp.name, "trial_id": row["trial_id"], STUDY: row[STUDY],
+                                "configuration": row["configuration"], LMBDA: float(lam), SEED: row.get(SEED, 0),
+                                "status": row["status"], "epoch": epoch, "image": image,
+                                "psnr": values.get("psnr", math.nan), "bpp": values.get("bpp", math.nan)})
+    return pd.DataFrame.from_records(records, columns=PER_IMAGE_COLUMNS)
 
 
 # ---------------------------------------------------------------------------------------------- rendering
@@ -88,45 +131,132 @@ def markdown_table(df: pd.DataFrame) -> str:
     return "\n".join([line(header), "|" + "|".join("-" * (w + 2) for w in widths) + "|", *map(line, body)])
 
 
+# Text-mode characters that break or print wrongly in OT1 (pdflatex's default font encoding), and the
+# non-ASCII characters our tables use, as escapes or math. Anything else non-ASCII falls back to its ASCII
+# decomposition (e.g. an accented letter loses its accent), never a raw byte that a paper's preamble may reject.
 _LATEX_SPECIAL = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
-                  "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}", "±": r"$\pm$",
-                  "†": r"\textdagger{}", "–": "--"}
+                  "{": r"\{", "}": r"\}", "~": r"$\sim$", "^": r"\textasciicircum{}", "<": r"$<$", ">": r"$>$",
+                  "|": r"$|$", '"': "''", "±": r"$\pm$", "†": r"$\dagger$", "‡": r"$\ddagger$", "−": r"$-$",
+                  "λ": r"$\lambda$", "Δ": r"$\Delta$", "δ": r"$\delta$", "γ": r"$\gamma$", "μ": r"$\mu$",
+                  "µ": r"$\mu$", "·": r"$\cdot$", "×": r"$\times$", "≤": r"$\leq$", "≥": r"$\geq$",
+                  "≈": r"$\approx$", "→": r"$\rightarrow$", "°": r"$^\circ$", "–": "--", "—": "---", "…": r"\ldots{}",
+                  "‘": "`", "’": "'", "“": "``", "”": "''", "\u00a0": "~"}
+# A sign in front of a number is a minus (or plus), not a hyphen.
+_SIGNED_NUMBER = re.compile(r"(^|[\s(/\[])([+-])(?=\d)")
+
+
+def _latex_char(ch: str) -> str:
+    if ch in _LATEX_SPECIAL:
+        return _LATEX_SPECIAL[ch]
+    if ch.isascii():
+        return ch
+    ascii_ = unicodedata.normalize("NFKD", ch).encode("ascii", "ignore").decode()
+    return "".join(_LATEX_SPECIAL.get(c, c) for c in ascii_) or "?"
 
 
 def _latex_escape(text: str) -> str:
-    return "".join(_LATEX_SPECIAL.get(ch, ch) for ch in text)
+    """Plain text (a cell, a caption, a footnote) as LaTeX text that compiles with pdflatex in OT1 or T1 and
+    contains only ASCII."""
+    text = _SIGNED_NUMBER.sub(lambda mt: f"{mt.group(1)}\x00{mt.group(2)}\x01", str(text))
+    out = "".join(_latex_char(ch) for ch in text)
+    return out.replace("\x00-\x01", "$-$").replace("\x00+\x01", "$+$")
 
 
-def latex_table(df: pd.DataFrame, caption: str, footnotes: list[str] | None = None) -> str:
-    """A booktabs table (needs \\usepackage{booktabs}); footnotes as a list under it."""
-    cols = "l" + "r" * (len(df.columns) - 1)
-    lines = [r"\begin{table}[t]", r"\centering", rf"\caption{{{_latex_escape(caption)}}}",
-             rf"\begin{{tabular}}{{{cols}}}", r"\toprule",
-             " & ".join(_latex_escape(str(c)) for c in df.columns) + r" \\", r"\midrule"]
+# Column names of our tables in words (a header is a label, not a variable name).
+_LATEX_HEADERS = {LMBDA: r"$\lambda$", "psnr": "PSNR (dB)", "bpp": "bpp", "loss": "R-D loss", "n": "$n$",
+                  "lambda_eff": r"$\lambda_{\mathrm{eff}}$", "lambda_eff/lambda": r"$\lambda_{\mathrm{eff}}/\lambda$",
+                  "trials": "trials (finished/all)", "ms_ssim_db": "MS-SSIM (dB)", "rate": "rate (bpp)"}
+_LAMBDA_HEADER = re.compile(r"^(.*?)\blambda (\S+)$")  # 'lambda 0.0067', 'Δ lambda 0.0067'
+
+
+def latex_header(name: str) -> str:
+    """A column name as a LaTeX header in words: lmbda -> $\\lambda$, 'lambda 0.0067' -> $\\lambda = 0.0067$,
+    psnr -> PSNR (dB), anything else escaped."""
+    name = str(name)
+    if name in _LATEX_HEADERS:
+        return _LATEX_HEADERS[name]
+    lam = _LAMBDA_HEADER.match(name)
+    if lam:
+        value = rf"$\lambda = {_latex_escape(lam.group(2))}$"
+        return f"{_latex_escape(lam.group(1).strip())} ({value})" if lam.group(1).strip() else value
+    return _latex_escape(name).replace("lambda\\_eff", r"$\lambda_{\mathrm{eff}}$")
+
+
+def latex_label(*parts: str) -> str:
+    """A \\label key from a study name and a table kind: lower case letters, digits and hyphens."""
+    slug = "-".join(re.sub(r"[^a-z0-9]+", "-", str(p).lower()).strip("-") for p in parts)
+    return "tab:" + (re.sub(r"-+", "-", slug).strip("-") or "table")
+
+
+LATEX_PREAMBLE_NOTE = (r"% Needs \usepackage{booktabs} (rules) and \usepackage{graphicx} (\resizebox) in the preamble."
+                       "\n% Tables are table* floats: they span both columns of a two-column paper and shrink to "
+                       r"\textwidth when wider." + "\n")
+
+
+def latex_table(df: pd.DataFrame, caption: str, label: str, footnotes: list[str] | None = None) -> str:
+    """A booktabs table* (needs \\usepackage{booktabs} and graphicx): caption and \\label above, headers in
+    words, shrunk to \\textwidth when wider (never enlarged), footnotes as a list under it."""
+    cols = "".join("l" if i == 0 or str(c) in ("configuration", "note", "image") else "r"
+                   for i, c in enumerate(df.columns))
+    lines = [r"\begin{table*}[t]", r"\centering", rf"\caption{{{_latex_escape(caption)}}}", rf"\label{{{label}}}",
+             r"\resizebox{\ifdim\width>\textwidth\textwidth\else\width\fi}{!}{%",
+             rf"\begin{{tabular}}{{{cols or 'l'}}}", r"\toprule",
+             " & ".join(latex_header(c) for c in df.columns) + r" \\", r"\midrule"]
     for row in df.itertuples(index=False):
         lines.append(" & ".join(_latex_escape(_cell(v)) for v in row) + r" \\")
-    lines += [r"\bottomrule", r"\end{tabular}"]
-    for i, text in enumerate(footnotes or [], start=1):
-        lines.append(rf"\par\footnotesize [{i}] {_latex_escape(text)}")
-    lines.append(r"\end{table}")
+    lines += [r"\bottomrule", r"\end{tabular}}"]
+    if footnotes:
+        lines.append(r"\par\smallskip\begin{minipage}{\textwidth}\footnotesize\raggedright")
+        lines += [rf"[{i}] {_latex_escape(text)}\par" for i, text in enumerate(footnotes, start=1)]
+        lines.append(r"\end{minipage}")
+    lines.append(r"\end{table*}")
     return "\n".join(lines) + "\n"
 
 
-def _describe_points(options: AnalysisOptions) -> str:
+def latex_comment(text: str) -> str:
+    """One line of text as a LaTeX comment, ASCII only (a comment ends at the line's end)."""
+    ascii_ = "".join(c if c.isascii() else (unicodedata.normalize("NFKD", c).encode("ascii", "ignore").decode()
+                                            or "?") for c in " ".join(str(text).split()))
+    return "% " + ascii_
+
+
+def _describe_points(options: AnalysisOptions, code: bool = False) -> str:
+    """The settings every number of the report depends on, flags first (in code spans with ``code``)."""
+    q = "`" if code else ""
     which = "best epoch (in the sweep's metric)" if options.point == "best" else "final evaluation"
     who = "all trials with eval results" if options.include_partial else "finished trials"
-    refs = "" if options.reference else "; reference codecs off (--no-reference)"
-    return (f"RD points: {which} of {who}, mean over seeds; rate = {RATES[options.rate]}; "
-            f"BD method {options.method} on log10 rate{refs}")
+    partial = f"; {q}--include-partial{q}" if options.include_partial else ""
+    refs = "" if options.reference else f"; reference codecs off ({q}--no-reference{q})"
+    return (f"Settings: {q}--point {options.point}{q} (RD point of a trial: its {which}, of {who}, mean over "
+            f"seeds); {q}--rate {options.rate}{q} (rate axis: {RATES[options.rate]}){partial}; "
+            f"{q}--method {options.method}{q} (BD fit on log10 rate){refs}")
+
+
+def _provenance(report: Report) -> prov.Provenance:
+    return report.provenance or prov.collect(report.experiments)
+
+
+def _seeds_text(st: StudyTables) -> str:
+    """'mean ± std over 3 seeds', '... over 1-3 seeds per configuration', 'one seed (no spread)' or 'no
+    finished seed', from the seeds of the configurations with RD points."""
+    seeds = (sorted({int(v) for v in st.ablation["seeds"] if finite(v) and v > 0})
+             if "seeds" in st.ablation.columns else [])
+    if not seeds:
+        return "no seed with an RD point"
+    if seeds == [1]:
+        return "one seed (no spread)"
+    if len(seeds) == 1:
+        return f"mean ± std over {seeds[0]} seeds"
+    return f"mean ± std over {seeds[0]}-{seeds[-1]} seeds per configuration"
 
 
 def render_markdown(report: Report) -> str:
-    out = ["# HPCM sweep analysis", ""]
+    out = ["# HPCM sweep analysis", "", _describe_points(report.options, code=True) + ".", "",
+           "Provenance:", "", *prov.markdown(_provenance(report), report.command), "", "Experiments:", ""]
     for exp in report.experiments:
         out.append(f"- experiment `{exp.name}` ({exp.path}): {len(exp.trials)} trials")
     counts = report.trials["status"].value_counts() if not report.trials.empty else pd.Series(dtype=int)
-    out += ["", "Trials: " + ", ".join(f"{int(counts.get(s, 0))} {s}" for s in STATUSES) + ".",
-            _describe_points(report.options) + ".", ""]
+    out += ["", "Trials: " + ", ".join(f"{int(counts.get(s, 0))} {s}" for s in STATUSES) + ".", ""]
     if report.warnings:
         out += [f"Skipped or replaced while reading ({len(report.warnings)}):", ""]
         out += [f"- {w}" for w in report.warnings[:20]]
@@ -150,6 +280,7 @@ def render_markdown(report: Report) -> str:
             out += [" ".join(st.reference_notes), ""]
         out += [f"### Leaderboard per lambda (`{st.study}`, by eval R-D loss, lower is better)", "",
                 markdown_table(_leaderboard_display(st.leaderboard)), ""]
+        out += _per_image_markdown(report, st)
         errored = report.trials[(report.trials[STUDY] == st.study) & report.trials["error"].notna()]
         if not errored.empty:
             out += ["Errored trials:", ""]
@@ -158,6 +289,59 @@ def render_markdown(report: Report) -> str:
                 out.append(f"- `{row.trial_id}` ({row.configuration}, lambda {_cell(lam)}): {row.error}")
             out.append("")
     return "\n".join(out) + "\n"
+
+
+# At most this many configurations side by side in a per-image table (the baseline, then the best by the
+# leaderboard); the rest are in per_image.csv.
+MAX_IMAGE_COLUMNS = 6
+
+
+def per_image_means(per_image: pd.DataFrame) -> pd.DataFrame:
+    """Per study, configuration, lambda and image: mean PSNR and bpp over seeds, and the seeds (trials) counted."""
+    if per_image.empty:
+        return pd.DataFrame(columns=[STUDY, "configuration", LMBDA, "image", "psnr", "bpp", "n"])
+    grouped = per_image.groupby([STUDY, "configuration", LMBDA, "image"], sort=False)
+    out = grouped[["psnr", "bpp"]].mean()
+    out["n"] = grouped.size()
+    return out.reset_index()
+
+
+def _per_image_markdown(report: Report, st: StudyTables) -> list[str]:
+    """Per lambda, a table of images by configurations: PSNR (dB) / bpp, mean over seeds; a sentence when no
+    trial of the study reported per-image metrics."""
+    head = f"### Per image (`{st.study}`): PSNR (dB) / bpp at each lambda, mean over seeds"
+    means = per_image_means(report.per_image[report.per_image[STUDY] == st.study])
+    if means.empty:
+        return [head, "", "No trial of this study reported per-image metrics (eval_image/<image>/psnr and /bpp; "
+                "engines before them did not), so there is no per-image table.", ""]
+    out = [head, ""]
+    if report.options.rate != "bpp":
+        out += [f"The bpp here is the estimated rate ({m.EVAL_BPP} per image): no per-image bitstream size is "
+                f"reported, so it is not --rate {report.options.rate}.", ""]
+    board = st.leaderboard
+    for lam in sorted(means[LMBDA].unique()):
+        at = means[means[LMBDA] == lam]
+        labels = list(dict.fromkeys(at["configuration"]))
+        ranked = (list(board.loc[board[LMBDA] == lam].sort_values("rank")["configuration"])
+                  if not board.empty and LMBDA in board.columns else [])
+        order = sorted(labels, key=lambda lb: (lb != st.baseline, ranked.index(lb) if lb in ranked else len(ranked)))
+        shown = order[:MAX_IMAGE_COLUMNS]
+        table = pd.DataFrame({"image": list(dict.fromkeys(at["image"]))})
+        for label in shown:
+            own = at[at["configuration"] == label].set_index("image")
+            n = int(own["n"].max())
+            name = f"{label}{' (baseline)' if label == st.baseline else ''} (n={n})"
+            table[name] = [f"{own.at[i, 'psnr']:.2f} / {own.at[i, 'bpp']:.4f}" if i in own.index else "n/a"
+                           for i in table["image"]]
+        mean_row = {"image": "mean over images"}
+        for label, name in zip(shown, table.columns[1:], strict=True):
+            own = at[at["configuration"] == label]
+            mean_row[name] = f"{own['psnr'].mean():.2f} / {own['bpp'].mean():.4f}"
+        table = pd.concat([table, pd.DataFrame([mean_row])], ignore_index=True)
+        out += [f"lambda {lam:g}:", "", markdown_table(table), ""]
+        if len(order) > len(shown):
+            out += [f"{len(order) - len(shown)} more configuration(s) at lambda {lam:g} in per_image.csv.", ""]
+    return out
 
 
 def _leaderboard_display(board: pd.DataFrame) -> pd.DataFrame:
@@ -196,10 +380,42 @@ def _csv(df: pd.DataFrame) -> str:
     return df.to_csv(index=False)
 
 
+def latex_header_comment(report: Report, what: str) -> str:
+    """The comment block at the top of a .tex file: what it holds, what it needs, the settings and the
+    provenance (ASCII comments: they never reach the page)."""
+    lines = [latex_comment(f"hpcm-tune analysis: {what}"), LATEX_PREAMBLE_NOTE.rstrip("\n"),
+             latex_comment(_describe_points(report.options))]
+    lines += [latex_comment(text) for text in prov.lines(_provenance(report), report.command)]
+    return "\n".join(lines) + "\n\n"
+
+
+def study_latex(report: Report, st: StudyTables, label_slug: str | None = None) -> str:
+    """The LaTeX tables of one study (ablation, PSNR / bpp at each lambda, leaderboard), each a table* with a
+    caption naming the seeds and the baseline and a \\label tab:<study>-<kind>."""
+    slug = label_slug or st.study
+    seeds, point = _seeds_text(st), "best epoch" if report.options.point == "best" else "final evaluation"
+    rate = RATES[report.options.rate]
+    tex = latex_header_comment(report, f"tables of study {st.study}")
+    tex += latex_table(st.display, f"Ablation of study {st.study}: BD-rate and BD-PSNR against the baseline "
+                       f"{st.baseline} ({st.baseline_reason}); {seeds}; RD point of each trial: "
+                       f"its {point}; rate: {rate}. Negative BD-rate is better.",
+                       latex_label(slug, "ablation"), st.footnotes)
+    if len(st.per_lambda.columns) > 1:
+        tex += "\n" + latex_table(st.per_lambda, f"Study {st.study}: PSNR (dB) / bpp at each λ, {seeds}; "
+                                  f"baseline {st.baseline}; RD point: {point}; rate: {rate}.",
+                                  latex_label(slug, "per-lambda"))
+    tex += "\n" + latex_table(_leaderboard_display(st.leaderboard),
+                              f"Study {st.study}: configurations ranked at each λ by eval R-D loss (lower is "
+                              f"better), {seeds}; baseline {st.baseline}; RD point: {point}; rate: {rate}.",
+                              latex_label(slug, "leaderboard"))
+    return tex
+
+
 def write_outputs(report: Report, out_dir: str | Path, plots: bool = True) -> list[Path]:
-    """Write report.md, trials.csv, curves.csv, status.csv, ablation.csv, leaderboard.csv, one
-    tables_<study>.tex per study, reference.csv and reference_images.csv (the reference codec points, when
-    computed) and, with ``plots``, rd_curves.png, weights.png and gammas.png."""
+    """Write report.md, trials.csv, curves.csv, status.csv, ablation.csv, leaderboard.csv, per_image.csv (PSNR
+    and bpp per trial and evaluation image at the report's RD point; only the header when no trial reported
+    them), one tables_<study>.tex per study, reference.csv and reference_images.csv (the reference codec points,
+    when computed) and, with ``plots``, rd_curves.png, weights.png and gammas.png."""
     out = Path(out_dir)
     written: list[Path] = []
 
@@ -211,16 +427,18 @@ def write_outputs(report: Report, out_dir: str | Path, plots: bool = True) -> li
     put("trials.csv", _csv(report.trials))
     put("curves.csv", _csv(report.curves))
     put("status.csv", _csv(status_counts(report.trials)))
+    put("per_image.csv", _csv(report.per_image))
     ablations, boards = [], []
+    slugs: dict[str, int] = {}
     for st in report.studies:
         ablations.append(st.ablation.assign(**{STUDY: st.study}).assign(
             notes=" ".join(f"[{i}] {t}" for i, t in enumerate(st.footnotes, start=1))))
         boards.append(st.leaderboard.assign(**{STUDY: st.study}))
-        tex = latex_table(st.display, f"Ablation {st.study}: BD against {st.baseline}", st.footnotes)
-        if len(st.per_lambda.columns) > 1:
-            tex += latex_table(st.per_lambda, f"{st.study}: PSNR (dB) / bpp at each lambda")
-        tex += latex_table(_leaderboard_display(st.leaderboard), f"{st.study}: leaderboard per lambda")
-        put(f"tables_{_slug(st.study)}.tex", tex)
+        # Two study names with one slug ('a b', 'a_b') still get distinct files and labels.
+        slug = latex_label(st.study)
+        slugs[slug] = slugs.get(slug, 0) + 1
+        suffix = f"-{slugs[slug]}" if slugs[slug] > 1 else ""
+        put(f"tables_{_slug(st.study)}{suffix}.tex", study_latex(report, st, st.study + suffix))
     put("ablation.csv", _csv(pd.concat(ablations, ignore_index=True) if ablations else pd.DataFrame()))
     put("leaderboard.csv", _csv(pd.concat(boards, ignore_index=True) if boards else pd.DataFrame()))
     if report.references:

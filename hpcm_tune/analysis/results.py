@@ -108,6 +108,27 @@ class TrialRecord:
             return UNFINISHED
         return STOPPED
 
+    def image_metrics(self, point: str = "final", metric: str = m.DEFAULT_METRIC,
+                      mode: str = m.DEFAULT_MODE) -> tuple[object, dict[str, dict[str, float]]]:
+        """(epoch, {image: {"psnr": ..., "bpp": ...}}) of the per-image metrics (eval_image/<image>/...) at the
+        trial's RD point: ``final``, the last report carrying any; ``best``, the report best in ``metric``
+        (``mode`` min or max; the first of equals), as the trial table's "best" columns. (None, {}) when that
+        report has none (an engine older than the per-image metrics, or no evaluation yet)."""
+        if point == "best":
+            scored = [r for r in self.rows if finite(r.get(metric))]
+            pick = min if mode == "min" else max
+            rows = [pick(scored, key=lambda r: r[metric])] if scored else []
+        else:
+            rows = [r for r in reversed(self.rows) if any(k.startswith(m.EVAL_IMAGE_PREFIX) for k in r)][:1]
+        if not rows:
+            return None, {}
+        images: dict[str, dict[str, float]] = {}
+        for key, value in rows[0].items():
+            parsed = m.parse_eval_image_metric(key)
+            if parsed is not None and finite(value):
+                images.setdefault(parsed[0], {})[parsed[1]] = float(value)
+        return (rows[0].get(m.EPOCH, rows[0].get(ITERATION)) if images else None), images
+
 
 @dataclass
 class Experiment:

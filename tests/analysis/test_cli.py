@@ -74,3 +74,17 @@ def test_an_experiment_without_trials(storage, tmp_path, trial, capsys):
     write_experiment_dir(storage, "exp", [])
     assert main([str(storage / "exp"), "--out", str(tmp_path / "out"), "--no-plots"]) == 0
     assert "No trial found." in capsys.readouterr().out
+
+
+def test_the_report_states_point_and_rate_at_the_top_and_writes_per_image_csv(storage, tmp_path, trial, capsys):
+    write_experiment_dir(storage, "exp", [trial("a", lam, images=("a.png", "b.png")) for lam in (0.001, 0.002)])
+    out = tmp_path / "out"
+    assert main([str(storage / "exp"), "--out", str(out), "--point", "best", "--rate", "actual_bpp", "--no-plots",
+                 "--no-reference"]) == 0
+    printed = capsys.readouterr().out
+    head = printed.split("## Study")[0]
+    assert "`--point best` (RD point of a trial: its best epoch" in head and "`--rate actual_bpp`" in head
+    assert "Provenance:" in head and "analysed by: hpcm-tune" in head
+    assert "no per-image bitstream size is reported" in printed  # per-image bpp stays the estimated rate
+    assert len(pd.read_csv(out / "per_image.csv")) == 4
+    assert (out / "report.md").read_text().strip() == printed.strip()
