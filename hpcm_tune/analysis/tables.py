@@ -849,7 +849,8 @@ def study_tables(table: pd.DataFrame, study: str, options: AnalysisOptions, head
                 interval = (Interval(float(row["mean"]), float(row["std"]), float(row["lo"]), float(row["hi"]),
                                      int(row["n"])) if row is not None else Interval(math.nan, math.nan, math.nan,
                                                                                       math.nan, 0))
-                why = ([] if row is not None else ["no seed in common with the baseline at this lambda"])
+                why = ([] if row is not None else ["no seed in common with the baseline at this lambda" if have
+                                                   else "no point at this lambda"])
                 paired_rows.append(_paired_row(label, lam, quantity, interval, PAIRED_SEEDS if row is not None
                                                else "", why))
         per_lambda.append(lam_disp)
