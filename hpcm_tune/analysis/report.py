@@ -280,6 +280,10 @@ def render_markdown(report: Report) -> str:
             out += [" ".join(st.reference_notes), ""]
         out += [f"### Leaderboard per lambda (`{st.study}`, by eval R-D loss, lower is better)", "",
                 markdown_table(_leaderboard_display(st.leaderboard)), ""]
+        paired = paired_bd_display(st)
+        if not paired.empty:
+            out += [f"### Paired BD against the baseline (`{st.study}`): per-seed differences, 95 % t-interval", "",
+                    markdown_table(paired), ""]
         out += _per_image_markdown(report, st)
         errored = report.trials[(report.trials[STUDY] == st.study) & report.trials["error"].notna()]
         if not errored.empty:
@@ -289,6 +293,26 @@ def render_markdown(report: Report) -> str:
                 out.append(f"- `{row.trial_id}` ({row.configuration}, lambda {_cell(lam)}): {row.error}")
             out.append("")
     return "\n".join(out) + "\n"
+
+
+def paired_bd_display(st: StudyTables) -> pd.DataFrame:
+    """The BD rows of ``st.paired`` (over the whole curve) as a table: mean, 95 % t-interval, n, within noise
+    (the interval contains 0) and the basis (paired seeds or the mean curve). Empty when there are none."""
+    paired = getattr(st, "paired", None)
+    if paired is None or paired.empty or "quantity" not in paired.columns:
+        return pd.DataFrame()
+    rows = paired[paired[LMBDA].isna()] if LMBDA in paired.columns else paired
+    out = []
+    for r in rows.to_dict("records"):
+        d = 3 if "dB" in str(r["quantity"]) else 2
+        interval = (f"[{r['lo']:+.{d}f}, {r['hi']:+.{d}f}]" if finite(r.get("lo")) and finite(r.get("hi")) else "")
+        noise = r.get("within_noise")
+        out.append({"configuration": r["configuration"], "quantity": r["quantity"],
+                    "mean": f"{r['mean']:+.{d}f}" if finite(r.get("mean")) else "n/a",
+                    "95 % interval": interval, "n": int(r["n"]) if finite(r.get("n")) else 0,
+                    "within noise": "" if noise is None or pd.isna(noise) else ("yes" if noise else "no"),
+                    "basis": r.get("basis") or "", "note": r.get("note") or ""})
+    return pd.DataFrame(out)
 
 
 # At most this many configurations side by side in a per-image table (the baseline, then the best by the
@@ -404,6 +428,12 @@ def study_latex(report: Report, st: StudyTables, label_slug: str | None = None) 
         tex += "\n" + latex_table(st.per_lambda, f"Study {st.study}: PSNR (dB) / bpp at each λ, {seeds}; "
                                   f"baseline {st.baseline}; RD point: {point}; rate: {rate}.",
                                   latex_label(slug, "per-lambda"))
+    paired = paired_bd_display(st)
+    if not paired.empty:
+        tex += "\n" + latex_table(paired, f"Study {st.study}: paired BD against the baseline {st.baseline}: mean of "
+                                  f"the per-seed differences (each seed against the baseline's same seed), 95 % "
+                                  f"t-interval, n ({seeds}); within noise when the interval contains 0; RD "
+                                  f"point: {point}; rate: {rate}.", latex_label(slug, "paired"))
     tex += "\n" + latex_table(_leaderboard_display(st.leaderboard),
                               f"Study {st.study}: configurations ranked at each λ by eval R-D loss (lower is "
                               f"better), {seeds}; baseline {st.baseline}; RD point: {point}; rate: {rate}.",
@@ -414,8 +444,10 @@ def study_latex(report: Report, st: StudyTables, label_slug: str | None = None) 
 def write_outputs(report: Report, out_dir: str | Path, plots: bool = True) -> list[Path]:
     """Write report.md, trials.csv, curves.csv, status.csv, ablation.csv, leaderboard.csv, per_image.csv (PSNR
     and bpp per trial and evaluation image at the report's RD point; only the header when no trial reported
-    them), one tables_<study>.tex per study, reference.csv and reference_images.csv (the reference codec points,
-    when computed) and, with ``plots``, rd_curves.png, weights.png and gammas.png."""
+    them), paired.csv and per_seed.csv (each study's paired statistics against its baseline and every trial's RD
+    point, from analysis.tables.StudyTables), one tables_<study>.tex per study, reference.csv and
+    reference_images.csv (the reference codec points, when computed) and, with ``plots``, rd_curves.png,
+    weights.png and gammas.png."""
     out = Path(out_dir)
     written: list[Path] = []
 
@@ -428,12 +460,16 @@ def write_outputs(report: Report, out_dir: str | Path, plots: bool = True) -> li
     put("curves.csv", _csv(report.curves))
     put("status.csv", _csv(status_counts(report.trials)))
     put("per_image.csv", _csv(report.per_image))
-    ablations, boards = [], []
+    ablations, boards, paired, per_seed = [], [], [], []
     slugs: dict[str, int] = {}
     for st in report.studies:
         ablations.append(st.ablation.assign(**{STUDY: st.study}).assign(
             notes=" ".join(f"[{i}] {t}" for i, t in enumerate(st.footnotes, start=1))))
         boards.append(st.leaderboard.assign(**{STUDY: st.study}))
+        for frames, name in ((paired, "paired"), (per_seed, "per_seed")):
+            table = getattr(st, name, None)
+            if isinstance(table, pd.DataFrame) and not table.empty:
+                frames.append(table.assign(**{STUDY: st.study}))
         # Two study names with one slug ('a b', 'a_b') still get distinct files and labels.
         slug = latex_label(st.study)
         slugs[slug] = slugs.get(slug, 0) + 1
@@ -441,6 +477,8 @@ def write_outputs(report: Report, out_dir: str | Path, plots: bool = True) -> li
         put(f"tables_{_slug(st.study)}{suffix}.tex", study_latex(report, st, st.study + suffix))
     put("ablation.csv", _csv(pd.concat(ablations, ignore_index=True) if ablations else pd.DataFrame()))
     put("leaderboard.csv", _csv(pd.concat(boards, ignore_index=True) if boards else pd.DataFrame()))
+    put("paired.csv", _csv(pd.concat(paired, ignore_index=True) if paired else pd.DataFrame()))
+    put("per_seed.csv", _csv(pd.concat(per_seed, ignore_index=True) if per_seed else pd.DataFrame()))
     if report.references:
         from hpcm_tune.analysis.references import reference_table
 

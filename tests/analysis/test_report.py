@@ -57,6 +57,12 @@ def test_per_image_csv_and_table_at_the_reports_rd_point(storage, tmp_path, scal
     row = next(line for line in block.splitlines() if line.startswith(f"| {IMAGES[2]}"))
     assert [c.strip() for c in row.strip("|").split("|")][names.index("s3 emphasis (n=2)")] == cell
     assert "mean over images" in block
+    # The tables engineer's paired statistics: rendered, and written as CSV with the per-seed points.
+    assert "### Paired BD against the baseline (`scale_weights`)" in printed
+    paired = pd.read_csv(out / "paired.csv")
+    s3 = paired[(paired["configuration"] == "s3 emphasis") & (paired["quantity"] == "BD-rate PSNR (%)")]
+    assert len(s3) == 1 and s3["mean"].iloc[0] == pytest.approx(-10.0, abs=1e-6) and s3["n"].iloc[0] == 2
+    assert len(pd.read_csv(out / "per_seed.csv")) == 32
     assert image_rate_factor(2, 3) == pytest.approx(0.8)
 
 
@@ -121,11 +127,12 @@ def test_latex_tables_are_table_star_booktabs_with_labels_captions_and_only_asci
     assert any("--point final" in line and "--rate bpp" in line for line in comments)
     assert any(line.startswith("% analysed by: hpcm-tune") for line in comments)
     n = body.count("\\begin{table*}")
-    assert n == 3 and body.count("\\end{table*}") == n and "\\begin{table}" not in body
+    assert n == 4 and body.count("\\end{table*}") == n and "\\begin{table}" not in body
     for rule in ("\\toprule", "\\midrule", "\\bottomrule", "\\caption{", "\\resizebox{"):
         assert body.count(rule) == n, rule
     labels = re.findall(r"\\label\{([^}]*)\}", body)
-    assert labels == ["tab:gamma-1-2-50-ablation", "tab:gamma-1-2-50-per-lambda", "tab:gamma-1-2-50-leaderboard"]
+    assert labels == ["tab:gamma-1-2-50-ablation", "tab:gamma-1-2-50-per-lambda", "tab:gamma-1-2-50-paired",
+                      "tab:gamma-1-2-50-leaderboard"]
     captions = re.findall(r"\\caption\{(.*)\}", body)
     st = report.studies[0]
     assert all("2 seeds" in c and f"baseline {st.baseline}" in c for c in captions)
