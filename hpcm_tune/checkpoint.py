@@ -124,11 +124,29 @@ def check_state(state: dict[str, Any], where: Path, preset: str) -> None:
 def _candidates(path: Path) -> list[Path]:
     """Newest first: ``path`` itself if it is a checkpoint directory, then the older checkpoints beside it;
     or every checkpoint of ``path`` if it is a root."""
-    if (path / STATE_FILE).exists() or _NAME.match(path.name):
-        siblings = list_checkpoints(path.parent) if _NAME.match(path.name) else []
-        older = [p for p in siblings if p.name < path.name]
+    if (path / STATE_FILE).exists() or _NAME.match(path.name) or _TUNE_NAME.match(path.name):
+        if _NAME.match(path.name):
+            siblings = list_checkpoints(path.parent)
+        elif _TUNE_NAME.match(path.name):  # a sweep trial's: Ray keeps the older ones beside it
+            siblings = _tune_checkpoints(path.parent)
+        else:
+            siblings = []
+        older = [p for p in siblings if _number(p) < _number(path)]
         return [path, *reversed(older)]
     return list(reversed(list_checkpoints(path)))
+
+
+def _number(path: Path) -> int:
+    m = _NAME.match(path.name) or _TUNE_NAME.match(path.name)
+    return int(m.group(1)) if m else -1
+
+
+def _tune_checkpoints(trial_dir: Path) -> list[Path]:
+    """Ray Tune's checkpoint folders of a trial directory that hold one of ours, oldest first."""
+    if not trial_dir.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in trial_dir.iterdir() if p.is_dir() and (m := _TUNE_NAME.match(p.name))]
+    return [p for _, p in sorted(found) if (p / STATE_FILE).exists()]
 
 
 def load_checkpoint(path: str | Path, preset: str) -> tuple[dict[str, Any], Path]:
@@ -137,11 +155,20 @@ def load_checkpoint(path: str | Path, preset: str) -> tuple[dict[str, Any], Path
     An unreadable checkpoint falls back to the previous one with a warning; a readable one of another preset or
     format raises CheckpointError at once (falling back past it would silently resume something else).
     """
+    state, candidate, _ = next(iter_checkpoints(path, preset))
+    return state, candidate
+
+
+def iter_checkpoints(path: str | Path, preset: str):
+    """(state, directory, failures so far) of every readable checkpoint at ``path``, newest first, each checked
+    for format and preset; an unreadable one is skipped with a warning. For callers that must also reject a
+    readable state that does not load (missing keys, wrong shapes) and fall back further. Raises
+    CheckpointError when none is left."""
     path = Path(path)
     candidates = _candidates(path)
     if not candidates:
         raise CheckpointError(f"no checkpoint at {path} (expected {STATE_FILE} or {checkpoint_name(0)[:-6]}NNNNNN/)")
-    failures = []
+    failures: list[str] = []
     for i, candidate in enumerate(candidates):
         try:
             state = read_state(candidate)
@@ -151,10 +178,10 @@ def load_checkpoint(path: str | Path, preset: str) -> tuple[dict[str, Any], Path
             failures.append(f"{candidate}: {type(error).__name__}: {error}")
             if i + 1 < len(candidates):
                 warnings.warn(f"checkpoint {candidate} is unreadable ({type(error).__name__}: {error}); "
-                              f"falling back to {candidates[i + 1]}", stacklevel=2)
+                              f"falling back to {candidates[i + 1]}", stacklevel=3)
             continue
         check_state(state, candidate, preset)
-        return state, candidate
+        yield state, candidate, failures
     raise CheckpointError("no readable checkpoint: " + "; ".join(failures))
 
 
@@ -176,10 +203,7 @@ def warm_start_candidates(path: str | Path) -> list[Path]:
         return _candidates(path / "checkpoints")
     if list_checkpoints(path):
         return _candidates(path)
-    if path.is_dir():
-        tune = [(int(m.group(1)), p) for p in path.iterdir() if p.is_dir() and (m := _TUNE_NAME.match(p.name))]
-        return [p for _, p in sorted(tune, reverse=True) if (p / STATE_FILE).exists()]
-    return []
+    return list(reversed(_tune_checkpoints(path)))
 
 
 def load_model_weights(path: str | Path, preset: str, fingerprint: str) -> tuple[dict[str, Any], Path]:

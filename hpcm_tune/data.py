@@ -102,6 +102,10 @@ class ImageSource:
         return ImageSource(self.names[:count], self._loader, self.sizes[:count])
 
 
+# The largest image the loaders decode (64 Mpx, e.g. 8192 x 8192; 192 MB as uint8 RGB).
+MAX_IMAGE_PIXELS = 64 * 1024 * 1024
+
+
 def _pil_rgb(path: Path) -> np.ndarray:
     from PIL import Image
 
@@ -138,8 +142,12 @@ def _folder_source(folder: Path) -> ImageSource:
         try:
             with Image.open(path) as image:  # reads the header only: cheap for large datasets
                 width, height = image.size
-        except (OSError, UnidentifiedImageError, ValueError) as error:
+        except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError) as error:
             warnings.warn(f"skipping unreadable image {path}: {error}", stacklevel=3)
+            continue
+        if width * height > MAX_IMAGE_PIXELS:  # a header can claim any size; decoding it would exhaust memory
+            warnings.warn(f"skipping image {path}: its header claims {width}x{height} pixels; allowed: at most "
+                          f"{MAX_IMAGE_PIXELS}", stacklevel=3)
             continue
         paths.append(path)
         sizes.append((height, width))

@@ -42,13 +42,14 @@ from torch import nn
 from hpcm_tune import metrics as M
 from hpcm_tune.checkpoint import (
     FORMAT_VERSION,
+    CheckpointError,
     architecture_fingerprint,
-    load_checkpoint,
+    iter_checkpoints,
     load_model_weights,
     save_checkpoint,
 )
 from hpcm_tune.config import RunConfig
-from hpcm_tune.data import crop_to, eval_images, open_data, pad_to_multiple, train_loader
+from hpcm_tune.data import DataError, crop_to, eval_images, open_data, pad_to_multiple, train_loader
 
 OnEpoch = Callable[[dict[str, float], Path], Any]
 ModelFactory = Callable[[str], nn.Module]
@@ -186,9 +187,13 @@ class Engine:
         self.amp = config.run.amp and cuda
         self.channels_last = config.run.channels_last and cuda
 
-        # Data first: a missing or empty folder fails before a model is built.
+        # Data first: a missing or empty folder, or a test set none of whose images decodes, fails before a model
+        # is built (not at the first evaluation, an epoch later).
         self.train_source, self.test_source = open_data(config.data.data)
         self.test_source = self.test_source.subset(config.data.eval_max_images)
+        if not any(True for _ in eval_images(self.test_source)):
+            raise DataError(f"data: {config.data.data!r}: none of the {len(self.test_source)} test image(s) can be "
+                            f"read ({', '.join(map(str, self.test_source.names[:3]))}); evaluation needs at least one")
 
         seed_everything(config.run.seed)  # model initialisation is a function of the seed
         self.model = (model_factory or _default_model_factory)(config.model.preset).to(self.device)
@@ -383,8 +388,9 @@ class Engine:
                 row[M.EVAL_BPP_SCALE[scale]] = float(terms[RATE_KEYS[f"y_{scale}"]])
             row[M.EVAL_FLAT_PSNR] = flat_colour_psnr(x)
             rows.append(row)
-            per_image[M.eval_image_metric(name, "psnr")] = row[M.EVAL_PSNR]
-            per_image[M.eval_image_metric(name, "bpp")] = row[M.EVAL_BPP]
+            image = Path(name).name  # a file's name, not its folder: the same image in every experiment
+            per_image[M.eval_image_metric(image, "psnr")] = row[M.EVAL_PSNR]
+            per_image[M.eval_image_metric(image, "bpp")] = row[M.EVAL_BPP]
         if not rows:
             raise RuntimeError("no test image could be read for evaluation")
         result = {k: sum(r[k] for r in rows) / len(rows) for k in rows[0]}
@@ -501,10 +507,26 @@ class Engine:
     def restore(self, checkpoint_dir: str | Path) -> Path:
         """Continue from a checkpoint directory, or the newest readable one of a root of them (an unreadable
         one falls back to the previous with a warning). Returns the directory used."""
-        state, used = load_checkpoint(checkpoint_dir, self.config.model.preset)
-        self.load_state_dict(state)
-        self.restored = True
-        return used
+        problems: list[str] = []
+        try:
+            for state, used, _ in iter_checkpoints(checkpoint_dir, self.config.model.preset):
+                try:
+                    self.load_state_dict(state)
+                except (KeyError, RuntimeError, ValueError, TypeError, IndexError) as error:
+                    # Readable but not a state of this run (keys missing, shapes of another model): an older
+                    # checkpoint may still be good; the next candidate overwrites whatever this one half-loaded.
+                    problem = f"{used}: {type(error).__name__}: {str(error).splitlines()[0][:300]}"
+                    problems.append(problem)
+                    warnings.warn(f"checkpoint {problem} does not load into this run; trying an older one",
+                                  stacklevel=2)
+                    continue
+                self.restored = True
+                return used
+        except CheckpointError as error:
+            if not problems:
+                raise
+            raise CheckpointError(f"{error}; and these do not load into this run: {'; '.join(problems)}") from None
+        raise CheckpointError("no checkpoint loads into this run: " + "; ".join(problems))
 
 
 __all__ = ["Engine", "NonFiniteTrainingError", "flat_colour_psnr", "ms_ssim", "ms_ssim_db", "psnr_from_mse",

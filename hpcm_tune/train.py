@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 import warnings
@@ -172,18 +173,28 @@ def run(args: argparse.Namespace) -> dict[str, float]:
                           stacklevel=2)
     _write_json_atomic(params, config.to_dict())
     results = out / "result.json"
-    # Keep the results of the epochs the checkpoint covers; later lines are redone.
+    # Keep the results of the epochs the checkpoint covers; later lines are redone. A line cut short by a kill
+    # is skipped with a warning; the kept lines replace the file atomically.
     kept = []
     if results.is_file():
-        kept = [line for line in results.read_text().splitlines()
-                if line.strip() and json.loads(line).get("epoch", 0) <= engine.epoch]
-    results.write_text("".join(line + "\n" for line in kept))
+        for number, line in enumerate(results.read_text().splitlines(), start=1):
+            try:
+                if line.strip() and json.loads(line).get("epoch", 0) <= engine.epoch:
+                    kept.append(line)
+            except (json.JSONDecodeError, AttributeError):
+                warnings.warn(f"{results}: line {number} is not a complete JSON record (a run killed while "
+                              f"writing it?); skipped", stacklevel=2)
+    tmp = results.with_name(f".{results.name}.tmp")
+    tmp.write_text("".join(line + "\n" for line in kept))
+    tmp.replace(results)
 
     progress = None if args.quiet else ConsoleProgress(config.run.epochs, start=engine.epoch)
 
     def on_epoch(metrics: dict[str, float], checkpoint_dir: Path) -> None:
         with results.open("a") as f:
             f.write(json.dumps(metrics) + "\n")
+            f.flush()
+            os.fsync(f.fileno())  # the line is on disk before the next epoch starts
         if progress is not None:
             progress(metrics, checkpoint_dir)
 

@@ -207,7 +207,53 @@ def checkpoint_without_model(root: Path) -> str:
     return str(root / "ckpt")
 
 
+def png_claiming(root: Path, width: int, height: int) -> Path:
+    """A PNG whose header claims width x height pixels (its data is a 4x4 image)."""
+    import io
+    import struct
+    import zlib
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", (4, 4)).save(buf, format="PNG")
+    data = bytearray(buf.getvalue())
+    ihdr = bytearray(data[16:29])
+    ihdr[0:8] = struct.pack(">II", width, height)
+    data[16:29] = ihdr
+    data[29:33] = struct.pack(">I", zlib.crc32(b"IHDR" + bytes(ihdr)))
+    path = root / "huge.png"
+    path.write_bytes(bytes(data))
+    return path
+
+
+def folder_with_test_image(root: Path, folder: str, make_test) -> str:
+    """A copy of the fake folder whose test/ holds only what ``make_test(test_dir)`` writes."""
+    import shutil
+
+    target = root / "photos"
+    shutil.copytree(Path(folder) / "train", target / "train")
+    (target / "test").mkdir()
+    make_test(target / "test")
+    return str(target)
+
+
+def truncated_png(test_dir: Path) -> None:
+    from PIL import Image
+
+    from hpcm_tune.testing import random_photo
+
+    Image.fromarray(random_photo(64, 64)).save(test_dir / "only.png")
+    data = (test_dir / "only.png").read_bytes()
+    (test_dir / "only.png").write_bytes(data[: len(data) // 2])
+
+
 TRAIN_CASES = [
+    ("only test image truncated", lambda root, f: ["-d", folder_with_test_image(root, f, truncated_png)],
+     "none of the 1 test image(s) can be read"),
+    ("only test image claims 60000x60000", lambda root, f: [
+        "-d", folder_with_test_image(root, f, lambda d: png_claiming(d, 60000, 60000))],
+     "holds no readable image"),
     ("data folder missing", lambda root, f: ["-d", str(root / "none")], "neither 'samples' nor an existing folder"),
     ("data folder empty", lambda root, f: ["-d", empty_folder(root)], "empty"),
     ("unknown key", lambda root, f: ["-d", f, "--set", "lamda=1"], "lamda: unknown key"),

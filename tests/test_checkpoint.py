@@ -175,3 +175,45 @@ def test_saved_meta_names_the_architecture(tmp_path):
 
     path = save_checkpoint(_state(1, architecture=_FP), tmp_path, 1)
     assert json.loads((path / "meta.json").read_text())["architecture"] == _FP
+
+
+def test_a_sweep_trials_corrupt_newest_checkpoint_falls_back_to_the_one_beside_it(tmp_path):
+    # Ray hands the trial its newest checkpoint folder (checkpoint_000002); the older ones sit beside it.
+    trial = _trial(tmp_path / "trial")
+    newest = trial / "checkpoint_000002"
+    (newest / STATE_FILE).write_bytes(b"truncated")
+    with pytest.warns(UserWarning, match=r"checkpoint_000002 is unreadable .*falling back to .*checkpoint_000001"):
+        state, used = load_checkpoint(newest, "tiny")
+    assert used.name == "checkpoint_000001" and state["epoch"] == 2
+
+
+def test_engine_restore_falls_back_past_a_readable_state_that_does_not_load(tmp_path):
+    from hpcm_tune.config import RunConfig
+    from hpcm_tune.engine import Engine
+    from hpcm_tune.testing import make_image_folder
+
+    folder = make_image_folder(tmp_path / "data", n_train=2, n_test=1, size=(64, 64))
+    config = RunConfig.from_dict({"data": str(folder), "epochs": 3, "steps_per_epoch": 1, "batch_size": 1,
+                                  "patch_size": 64, "num_workers": 0, "codec_interval": 0})
+    engine = Engine(config, workdir=tmp_path / "run", keep_checkpoints=0)
+    engine.run(lambda m, d: None)
+    root = tmp_path / "run" / "checkpoints"
+    newest = list_checkpoints(root)[-1]
+    state = torch.load(newest / STATE_FILE, weights_only=True)
+    del state["optimizer"]  # readable, right preset, but not a state of this run
+    torch.save(state, newest / STATE_FILE)
+    middle = list_checkpoints(root)[-2]
+    state = torch.load(middle / STATE_FILE, weights_only=True)
+    first = next(iter(state["model"]))
+    state["model"][first] = torch.zeros(1)  # a wrong shape
+    torch.save(state, middle / STATE_FILE)
+    fresh = Engine(config, workdir=tmp_path / "run")
+    with pytest.warns(UserWarning, match="does not load into this run"):
+        used = fresh.restore(root)
+    assert used.name == "epoch_000001" and fresh.epoch == 1
+    # None that loads: a CheckpointError naming each problem, not a traceback from deep inside torch.
+    for ckpt in list_checkpoints(root)[:1]:
+        (ckpt / STATE_FILE).write_bytes(b"garbage")
+    with pytest.raises(CheckpointError, match="do not load into this run.*optimizer"), \
+            pytest.warns(UserWarning):
+        Engine(config, workdir=tmp_path / "run").restore(root)

@@ -2,6 +2,7 @@ import contextlib
 import math
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -61,7 +62,8 @@ def _run(engine, stop_after=None):
 def test_metrics_carry_exactly_the_documented_names(folder, tmp_path):
     reports = _run(Engine(_config(folder, epochs=1), workdir=tmp_path))
     (metrics,) = reports
-    images = [name for name, _ in eval_images(Engine(_config(folder, epochs=1), workdir=tmp_path / "b").test_source)]
+    images = [Path(name).name for name, _ in eval_images(Engine(_config(folder, epochs=1),
+                                                                  workdir=tmp_path / "b").test_source)]
     per_image = {M.eval_image_metric(name, q) for name in images for q in M.EVAL_IMAGE_QUANTITIES}
     assert len(per_image) == 2 * len(images) == 4
     # Per image, then averaged: the mean of the per-image values is the reported one.

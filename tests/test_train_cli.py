@@ -177,3 +177,16 @@ def test_a_sweep_trial_directory_is_never_overwritten_without_resume(folder, tmp
         main(["--quiet", "-d", str(folder), "--out", str(trial), "--set", "epochs=1"])
     assert info.value.code == 2 and "already holds a run (params.json, result.json" in capsys.readouterr().err
     assert {p.name: p.read_bytes() for p in trial.iterdir() if p.is_file()} == before
+
+
+def test_resume_skips_a_result_line_cut_by_a_kill(folder, tmp_path):
+    out = tmp_path / "run"
+    common = ["--quiet", "-d", str(folder), "--set", "steps_per_epoch=1", "--set", "batch_size=1",
+              "--set", "patch_size=64", "--set", "codec_interval=0", "--out", str(out)]
+    assert main([*common, "--set", "epochs=1"]) == 0
+    with (out / "result.json").open("a") as f:
+        f.write('{"epoch": 2, "train/lo')  # the driver was killed mid-line
+    with pytest.warns(UserWarning, match="line 2 is not a complete JSON record"):
+        assert main([*common, "--resume", "--set", "epochs=2"]) == 0
+    lines = [json.loads(x) for x in (out / "result.json").read_text().splitlines()]
+    assert [r["epoch"] for r in lines] == [1, 2]
