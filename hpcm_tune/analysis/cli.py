@@ -83,7 +83,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with warnings.catch_warnings(record=True) as ref_caught:
             warnings.simplefilter("always", ReferenceWarning)
-            report = build_report(experiments, options)
+            command = ["python", "analyze.py", *(sys.argv[1:] if argv is None else argv)]
+            report = build_report(experiments, options, command=command)
         report.warnings = [str(w.message) for w in caught if issubclass(w.category, ResultsWarning)]
     except BaselineError as err:
         print(f"analyze.py: {err}", file=sys.stderr)

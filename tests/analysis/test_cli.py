@@ -85,6 +85,7 @@ def test_the_report_states_point_and_rate_at_the_top_and_writes_per_image_csv(st
     head = printed.split("## Study")[0]
     assert "`--point best` (RD point of a trial: its best epoch" in head and "`--rate actual_bpp`" in head
     assert "Provenance:" in head and "analysed by: hpcm-tune" in head
+    assert f"python analyze.py {storage / 'exp'} --out {out} --point best --rate actual_bpp" in head
     assert "no per-image bitstream size is reported" in printed  # per-image bpp stays the estimated rate
     assert len(pd.read_csv(out / "per_image.csv")) == 4
     assert (out / "report.md").read_text().strip() == printed.strip()
