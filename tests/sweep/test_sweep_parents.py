@@ -123,7 +123,8 @@ def test_a_sweep_killed_during_the_parent_stage_resumes(tmp_path, folder):
     proc.wait()
     (parent_dir,) = (storage / pa.PARENTS_DIR).iterdir()
     assert not (parent_dir / pa.DONE_FILE).exists() and list_checkpoints(parent_dir / "checkpoints")
-    done = subprocess.run([*cmd, "--resume", "k"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    resume = [sys.executable, "tune.py", "--storage", str(storage), "--num-cpus", "2", "-q", "--resume", "k"]
+    done = subprocess.run(resume, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     marker = json.loads((parent_dir / pa.DONE_FILE).read_text())
     assert marker["epochs"] == 20 and marker["resumed_from_epoch"] >= 1  # continued, not restarted
