@@ -9,8 +9,15 @@
 from __future__ import annotations
 
 import inspect
+import warnings
 
-from hpcm_tune.models.hpcm import HPCM, BitstreamError, check_image
+# CompressAI 1.2.8 scripts a helper with torch.jit.script at import, and torch 2.14 warns that it is deprecated:
+# one FutureWarning in every process (each sweep trial) that users cannot act on. Silenced exactly there.
+with warnings.catch_warnings():
+    warnings.filterwarnings("ignore", message=r"`torch\.jit\.script` is deprecated", category=FutureWarning)
+    import compressai.entropy_models  # noqa: F401  (the import that raises it)
+
+from hpcm_tune.models.hpcm import HPCM, BitstreamError, check_image  # noqa: E402
 
 # The one table of model sizes: name -> HPCM constructor arguments. base and large are the paper's models
 # (68.50 M and 89.71 M parameters, Table 1); tiny and small are ours, for CPU tests and quick sweeps.
