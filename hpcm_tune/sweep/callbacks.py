@@ -57,15 +57,43 @@ def wandb_mode() -> str:
     return "offline"
 
 
+def _quiet_wandb_logger() -> type:
+    """Ray's WandbLoggerCallback whose finaliser does nothing while the interpreter shuts down: Ray's own
+    ``__del__`` then calls ``ray.is_initialized()`` on a module already torn down and prints an AttributeError
+    traceback after every W&B sweep (the logging actors end with the process anyway)."""
+    import sys
+
+    from ray.air.integrations.wandb import WandbLoggerCallback
+
+    class WandbLogger(WandbLoggerCallback):
+        def __del__(self) -> None:
+            if sys.is_finalizing():
+                return
+            super().__del__()
+
+    WandbLogger.__qualname__ = WandbLogger.__name__ = "WandbLogger"
+    return WandbLogger
+
+
+def offline_runs(experiment: str) -> list[str]:
+    """The offline W&B runs of a local experiment directory (one per trial, in the trial's folder)."""
+    from pathlib import Path
+
+    if "://" in experiment:
+        return []
+    return sorted(str(p) for p in Path(experiment).glob("*/wandb/offline-run-*") if p.is_dir())
+
+
 def wandb_callback(project: str, group: str, upload_timeout_s: int = DEFAULT_WANDB_UPLOAD_TIMEOUT_S) -> Callback:
     """One W&B run per trial (named by the trial, grouped by sweep); metric names are the engine's
     (hpcm_tune.metrics, DESIGN.md §5). Offline without an API key: runs are written under the trial
     directories and can be uploaded later with ``wandb sync``."""
-    from ray.air.integrations.wandb import WandbLoggerCallback
-
     mode = wandb_mode()
     if mode in ("offline", "disabled"):
         # Set before ray.init so the logging actors inherit it; Ray's key check is skipped in these modes.
         os.environ["WANDB_MODE"] = mode
-    return WandbLoggerCallback(project=project, group=group, upload_timeout=int(upload_timeout_s), mode=mode,
+        # Offline, each run's own farewell names a sync path inside Ray's temporary session folder, gone after
+        # the session; the sweep's summary names the runs where they stay (offline_runs) instead.
+        os.environ.setdefault("WANDB_SILENT", "true")
+    return _quiet_wandb_logger()(project=project, group=group, upload_timeout=int(upload_timeout_s), mode=mode,
                                log_config=False)

@@ -382,6 +382,8 @@ def best_per_lambda(rows: list[dict[str, Any]], space: SearchSpace, top: int) ->
 
 def finish(results: Any, space: SearchSpace, path: str, scheduler: Any, top: int = 3,
            delete_stopped: bool | None = None, parents: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    from hpcm_tune.sweep.callbacks import offline_runs
+
     rows = _rows(results, space)
     collapsed = [r for r in rows if r["error"] is None and r["collapsed"] == 1.0]
     stopped = [r for r in rows if r["error"] is None and (r["epochs"] or 0) < space.max_epochs]
@@ -405,6 +407,7 @@ def finish(results: Any, space: SearchSpace, path: str, scheduler: Any, top: int
         "best": best_per_lambda(rows, space, top),
         "collapsed": [{k: r[k] for k in ("trial", "label", LAMBDA_KEY, "epochs", "lambda_eff")} for r in collapsed],
         "parents": list(parents or []),
+        "wandb_offline_runs": offline_runs(path),
         "epochs_run": sum(r["epochs"] or 0 for r in rows),
         "checkpoints_deleted": deleted,
         "scheduler_state": scheduler.state_dict() if hasattr(scheduler, "state_dict") else None,
@@ -450,6 +453,10 @@ def format_summary(summary: Mapping[str, Any]) -> str:
         lines.append("  (retry them from their last checkpoint with --resume NAME --retry-errored)")
     if summary.get("checkpoints_deleted"):
         lines.append(f"\nDeleted {summary['checkpoints_deleted']} checkpoints of early-stopped trials.")
+    runs = summary.get("wandb_offline_runs") or []
+    if runs:
+        lines.append(f"\nW&B: {len(runs)} offline run(s), one in each trial's folder of the experiment; upload "
+                     f"them (now or any time later) with\n  wandb sync {summary['experiment']}/*/wandb/offline-run-*")
     lines.append(f"\nResults: {summary['experiment']}")
     lines.append(f"Tables: python analyze.py {summary['experiment']}")
     return "\n".join(lines)

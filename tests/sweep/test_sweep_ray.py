@@ -140,6 +140,24 @@ def test_wandb_one_offline_run_per_trial(tmp_path, capsys):
         assert len(runs) == 1, d  # one run per trial, written offline (no API key in tests)
         trial_id = d.name.split("_")[2]
         assert runs[0].name.endswith(trial_id)  # W&B run id = Tune trial id
+    out = capsys.readouterr().out
+    # The summary names the runs where they stay, with one sync command that works after the session.
+    assert "W&B: 2 offline run(s)" in out and f"wandb sync {tmp_path / 'w'}/*/wandb/offline-run-*" in out
+    assert "wandb sync /tmp/ray" not in out  # not a path inside Ray's session folder, gone after the session
+
+
+def test_wandb_sweep_exits_without_a_traceback(tmp_path):
+    import subprocess
+    import sys
+
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "WANDB_MODE": "offline"}
+    done = subprocess.run([sys.executable, "tune.py", "--engine", "fake", "--epochs", "2", "--num-samples", "1",
+                           "--storage", str(tmp_path), "--name", "w", "--wandb", "--num-cpus", "2", "-q"],
+                          cwd=Path(__file__).resolve().parents[2], env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "is_initialized" not in done.stderr and "Exception ignored in" not in done.stderr, done.stderr[-2000:]
+    assert "wandb sync" in done.stdout
 
 
 def test_pbt_exploits_checkpoints_within_one_lambda(tmp_path):
