@@ -131,7 +131,10 @@ def init_ray(address: str | None, num_cpus: int | None = None, num_gpus: float |
     from ray._private import ray_constants
 
     ray_constants.ENABLE_RAY_CLUSTER = False
-    kwargs: dict[str, Any] = {"include_dashboard": False, "configure_logging": True, "logging_level": "WARNING"}
+    # address="local": always a new instance of our own. Without it ray.init joins any cluster that
+    # `ray start` (or another program's test cluster) left running on this machine, with its settings.
+    kwargs: dict[str, Any] = {"address": "local", "include_dashboard": False, "configure_logging": True,
+                              "logging_level": "WARNING"}
     if num_cpus is not None:
         kwargs["num_cpus"] = num_cpus
     if num_gpus is not None:

@@ -111,16 +111,20 @@ def test_a_sweep_killed_during_the_parent_stage_resumes(tmp_path, folder):
     cmd = [sys.executable, "tune.py", "--space", str(space), "--storage", str(storage), "--num-cpus", "2", "-q"]
     # Its own session, so the kill takes the local Ray's processes with the driver (a lingering worker would
     # otherwise finish the parent on its own).
-    proc = subprocess.Popen([*cmd, "--name", "k"], cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, start_new_session=True)
+    log = (tmp_path / "driver.log").open("w")
+    proc = subprocess.Popen([*cmd, "--name", "k"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+                            start_new_session=True)
     deadline = time.monotonic() + 240
     lines: list[str] = []
     while time.monotonic() < deadline and proc.poll() is None and not lines:
         time.sleep(0.05)  # kill the driver once the parent has finished an epoch (checkpoint, then result line)
         found = list(storage.glob(f"{pa.PARENTS_DIR}/*/{pa.RESULT_FILE}"))
         lines = [x for x in found[0].read_text().splitlines() if x.endswith("}")] if found else []
+    assert proc.poll() is None, "the driver ended before the parent's first epoch:\n" + \
+        (tmp_path / "driver.log").read_text()[-3000:]
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
+    log.close()
     (parent_dir,) = (storage / pa.PARENTS_DIR).iterdir()
     assert not (parent_dir / pa.DONE_FILE).exists() and list_checkpoints(parent_dir / "checkpoints")
     resume = [sys.executable, "tune.py", "--storage", str(storage), "--num-cpus", "2", "-q", "--resume", "k"]
