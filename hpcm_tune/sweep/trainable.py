@@ -59,7 +59,9 @@ def localize_init_from(config: Mapping[str, Any], scratch: str) -> dict[str, Any
 
 
 def resolve_engine(name: str) -> Callable[[Mapping[str, Any]], Any]:
-    module, _, attr = ENGINES.get(name).partition(":")
+    """An engine factory by its registered name or by its "module:attribute" path (what the trial's worker gets:
+    its fresh copy of ENGINES lacks engines registered in the driver only, by a plugin or a test)."""
+    module, _, attr = (name if ":" in name else ENGINES.get(name)).partition(":")
     return getattr(importlib.import_module(module), attr)
 
 
@@ -113,10 +115,10 @@ def run_trial(config: Mapping[str, Any], engine: str, watched: tuple[str, ...]) 
 
 def make_trainable(engine: str = "hpcm", metric: str = metrics.DEFAULT_METRIC) -> Callable[[dict], None]:
     """The function trainable Tune runs; its name (``hpcm_trial``) names the trials."""
-    ENGINES.get(engine)  # unknown names fail here, listing the valid ones
+    target = ENGINES.get(engine)  # unknown names fail here, listing the valid ones
     watched = tuple(dict.fromkeys((*ALWAYS_FINITE, metric)))
 
     def hpcm_trial(config: dict) -> None:
-        run_trial(config, engine, watched)
+        run_trial(config, target, watched)  # the path, not the name: the worker imports it (resolve_engine)
 
     return hpcm_trial
