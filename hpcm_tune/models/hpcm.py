@@ -23,13 +23,14 @@ with only the per-step quantize/code action differing, so all three compute bit-
 from __future__ import annotations
 
 import contextlib
+import operator
 import struct
 import zlib
 from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
-from compressai.ans import BufferedRansEncoder, RansDecoder
+from compressai.ans import BufferedRansEncoder
 from compressai.models import CompressionModel
 from compressai.models.utils import update_registered_buffers
 from compressai.ops import compute_padding
@@ -48,6 +49,7 @@ from hpcm_tune.models.layers import (
     deconv2x2_up,
     deconv4x4_up,
 )
+from hpcm_tune.models.rans import BitstreamError, RansStreamDecoder, check_stream_size
 
 StepFn = Callable[[int, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -60,6 +62,9 @@ _VERSION = 1
 _CRC = struct.Struct(">I")
 _TABLE_BUFFERS = ("_quantized_cdf", "_offset", "_cdf_length", "scale_table")
 _MAX_VARINT = 5
+# The largest image decompress() accepts, as hpcm_tune.data.MAX_IMAGE_PIXELS: the shape is the caller's (or a
+# container's) claim, and the decoder allocates latents for it before reading a symbol.
+MAX_IMAGE_PIXELS = 64 * 1024 * 1024
 
 
 def _varint(n: int) -> bytes:
@@ -88,10 +93,6 @@ def _checksum(fingerprint: int, h: int, w: int, z_payload: bytes, y_payloads: Se
     for part in (z_payload, *y_payloads):
         crc = zlib.crc32(part, crc)
     return crc
-
-
-class BitstreamError(ValueError):
-    """A bitstream that is truncated, corrupted, or was produced by another model or for another shape."""
 
 
 def ste_round(x: torch.Tensor) -> torch.Tensor:
@@ -438,6 +439,8 @@ class HPCM(CompressionModel):
             raise BitstreamError(
                 f"image {i}: stream lengths (z, s1, s2, s3) {actual} differ from the header's {lengths} (truncated?)"
             )
+        for name, payload in zip(("z", "s1", "s2", "s3"), (z_payload, *y_strings), strict=True):
+            check_stream_size(payload, f"image {i}: the {name}")
         if _checksum(self.fingerprint(), *shape, z_payload, y_strings) != crc:
             raise BitstreamError(
                 f"image {i}: checksum mismatch: the bitstream is corrupted, or was written by another model "
@@ -451,31 +454,40 @@ class HPCM(CompressionModel):
             return self._decompress(strings, shape)
 
     def _decompress(self, strings, shape) -> dict:
+        # Structure and size first: nothing is allocated or decoded for a stream that fails these.
         if not isinstance(strings, list | tuple) or len(strings) != 4:
             raise BitstreamError("strings must be [s1_list, s2_list, s3_list, z_list] as compress() returns")
         if not all(isinstance(s, list | tuple) for s in strings) or len({len(s) for s in strings}) != 1:
             raise BitstreamError("the four stream lists must be lists of equal length (one entry per image)")
-        if len(tuple(shape)) != 2 or any(int(v) <= 0 for v in shape):
-            raise ValueError(f"shape must be the original (H, W) of positive ints, got {shape!r}")
+        if not strings[0]:
+            raise BitstreamError("no image to decode: the stream lists are empty")
+        try:
+            h, w = (operator.index(v) for v in shape)  # ints (numpy's too), not floats or strings
+        except (TypeError, ValueError):
+            h = w = 0
+        if h <= 0 or w <= 0:
+            raise BitstreamError(f"shape must be the original (H, W) as two positive ints, got {shape!r}")
+        if h * w > MAX_IMAGE_PIXELS:
+            raise BitstreamError(f"shape {h}x{w} exceeds the {MAX_IMAGE_PIXELS}-pixel maximum this decoder accepts")
         self._require_tables()
-        h, w = (int(v) for v in shape)
         pad, unpad = compute_padding(h, w, min_div=self.pad_multiple)
         hp, wp = h + pad[2] + pad[3], w + pad[0] + pad[1]
         z_shape = (1, self.N, hp // 64, wp // 64)
         device = self.means_hyper.device
         tables = self._tables(self.y_conditional)
+        z_tables = self._tables(self.z_conditional)
         x_hats, y_hats, z_hats = [], [], []
         for i in range(len(strings[0])):
             z_payload, y_payloads = self._parse(strings, (h, w), i)
-            z_idx = self.z_conditional.channel_indexes(torch.Size(z_shape)).to(device)
-            z_q = self.z_conditional.decompress([z_payload], z_idx)
+            # The bounds-checked decoder, not CompressAI's: its C++ reads past the end of a forged stream.
+            z_idx = self.z_conditional.channel_indexes(torch.Size(z_shape)).reshape(-1).tolist()
+            z_dec = RansStreamDecoder(z_payload, f"image {i}: the z")
+            z_q = torch.tensor(z_dec.decode_stream(z_idx, *z_tables), dtype=torch.float32).reshape(z_shape)
+            z_dec.finish()
             z_hat = z_q.to(device) + self.means_hyper
             params = self.h_s(z_hat)
-            decoders = []
-            for payload in y_payloads:
-                dec = RansDecoder()
-                dec.set_stream(payload)
-                decoders.append(dec)
+            decoders = [RansStreamDecoder(p, f"image {i}: the {name}")
+                        for name, p in zip(("s1", "s2", "s3"), y_payloads, strict=True)]
 
             def step(k, scales, means, mask, decoders=decoders):
                 idx = self.y_conditional.build_indexes(scales.masked_select(mask))
@@ -486,6 +498,8 @@ class HPCM(CompressionModel):
                 return torch.where(mask, q + means, 0.0)
 
             y_hat, _, _ = self._hierarchy(params, step)
+            for dec in decoders:
+                dec.finish()
             x_hats.append(F.pad(self.g_s(y_hat), unpad).clamp(0.0, 1.0))
             y_hats.append(y_hat)
             z_hats.append(z_hat)
