@@ -178,11 +178,11 @@ def _build(space: SearchSpace, opts: SweepOptions, name: str, storage: str) -> t
     from hpcm_tune.sweep.callbacks import SchedulerStateCallback, wandb_callback
     from hpcm_tune.sweep.schedulers import PerGroupASHA, build_scheduler
     from hpcm_tune.sweep.searchers import build_searcher
-    from hpcm_tune.sweep.trainable import make_trainable
+    from hpcm_tune.sweep.trainable import KeepResultsOfRetriedTrials, make_trainable
 
     scheduler = build_scheduler(space)
     search_alg, param_space, num_samples = build_searcher(space)
-    callbacks: list[Any] = []
+    callbacks: list[Any] = [KeepResultsOfRetriedTrials()]
     if isinstance(scheduler, PerGroupASHA):
         callbacks.append(SchedulerStateCallback(scheduler))
     if opts.wandb:

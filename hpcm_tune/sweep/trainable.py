@@ -13,9 +13,12 @@ import importlib
 import logging
 import math
 import tempfile
+import warnings
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
+
+from ray.tune import Callback
 
 from hpcm_tune import metrics
 from hpcm_tune.registry import Registry
@@ -111,6 +114,29 @@ def run_trial(config: Mapping[str, Any], engine: str, watched: tuple[str, ...]) 
             tune.report(dict(result), checkpoint=tune.Checkpoint.from_directory(str(checkpoint_dir)))
 
         run.run(on_epoch)
+
+
+class KeepResultsOfRetriedTrials(Callback):
+    """Ray Tune starts a retried trial's result.json and progress.csv over from their copies in storage, which
+    are only as new as the last experiment snapshot (every 10 s or more): the epochs reported since then would
+    vanish from the trial's results while the retry continues from its newest checkpoint, leaving a hole in its
+    curve. Before the retry starts, this uploads the driver's copies (complete: Ray flushes every line)."""
+
+    FILES = ("result.json", "progress.csv")
+
+    def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        import pyarrow.fs
+
+        for name in self.FILES:
+            local = Path(trial.local_path, name)
+            if not local.is_file():
+                continue
+            try:
+                pyarrow.fs.copy_files(str(local), f"{trial.storage.trial_fs_path}/{name}",
+                                      destination_filesystem=trial.storage.storage_filesystem)
+            except Exception as error:  # the retry still runs; its results may then miss epochs
+                warnings.warn(f"could not upload {local} before retrying {trial}: {type(error).__name__}: {error}",
+                              stacklevel=2)
 
 
 def make_trainable(engine: str = "hpcm", metric: str = metrics.DEFAULT_METRIC) -> Callable[[dict], None]:
