@@ -184,14 +184,19 @@ def build_optuna(space: SearchSpace) -> SearcherBuild:
     return searcher, ps, space.samples
 
 
+def _variants(space: SearchSpace) -> BasicVariantGenerator:
+    # max_concurrent here: Ray ignores TuneConfig.max_concurrent_trials when it is given a BasicVariantGenerator.
+    return BasicVariantGenerator(random_state=space.seed, max_concurrent=space.max_concurrent)
+
+
 @SEARCHERS.register("random")
 def build_random(space: SearchSpace) -> SearcherBuild:
-    return BasicVariantGenerator(random_state=space.seed), variant_param_space(space, False), space.samples
+    return _variants(space), variant_param_space(space, False), space.samples
 
 
 @SEARCHERS.register("grid")
 def build_grid(space: SearchSpace) -> SearcherBuild:
-    return BasicVariantGenerator(random_state=space.seed), variant_param_space(space, True), space.samples
+    return _variants(space), variant_param_space(space, True), space.samples
 
 
 def build_searcher(space: SearchSpace) -> SearcherBuild:

@@ -105,3 +105,13 @@ def test_optuna_state_survives_save_and_restore(tmp_path):
     assert [t.state for t in fresh._ot_study.get_trials(deepcopy=False)] == [TrialState.PRUNED, TrialState.RUNNING]
     fresh.on_trial_complete("b", result={metrics.EVAL_LOSS: 0.4, metrics.EPOCH: 6, "training_iteration": 6})
     assert fresh._ot_study.best_value == 0.4
+
+
+@pytest.mark.parametrize("searcher", ["random", "grid"])
+def test_variant_searchers_enforce_max_concurrent(searcher):
+    # Ray ignores TuneConfig.max_concurrent_trials for an explicit BasicVariantGenerator: the generator holds it.
+    space = sp.parse_space({"study": "c", "searcher": searcher, "scheduler": "fifo", "max_concurrent": 3,
+                            "fixed": {"epochs": 1}, "params": {"w_lr": {"type": "choice", "values": [0.01, 0.02]}}},
+                           source="c.yaml")
+    generator, _, _ = build_searcher(space)
+    assert generator.max_concurrent == 3
