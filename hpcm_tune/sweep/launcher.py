@@ -182,9 +182,10 @@ def _build(space: SearchSpace, opts: SweepOptions, name: str, storage: str) -> t
 
     scheduler = build_scheduler(space)
     search_alg, param_space, num_samples = build_searcher(space)
-    callbacks: list[Any] = [KeepResultsOfRetriedTrials()]
-    if isinstance(scheduler, PerGroupASHA):
+    callbacks: list[Any] = []
+    if isinstance(scheduler, PerGroupASHA):  # first, as in experiments written before the next one existed
         callbacks.append(SchedulerStateCallback(scheduler))
+    callbacks.append(KeepResultsOfRetriedTrials())
     if opts.wandb:
         callbacks.append(wandb_callback(opts.wandb_project, group=name, upload_timeout_s=opts.wandb_upload_timeout_s))
     trainable = tune.with_resources(make_trainable(opts.engine, space.metric), {"cpu": space.cpus, "gpu": space.gpus})
