@@ -416,3 +416,32 @@ class FakeEngine:
                 shutil.rmtree(self._dirs.pop(0), ignore_errors=True)
         for d in self._dirs:
             shutil.rmtree(d, ignore_errors=True)
+
+
+# --- Driving an engine in tests ---
+
+
+class StopRun(Exception):
+    """Raised by run_engine's callback to stop a run after an epoch: a kill, as a test sees it."""
+
+
+def run_engine(engine, stop_after: int | None = None, check=None) -> list[dict]:
+    """Run ``engine`` (hpcm_tune.engine.Engine or FakeEngine) and return its per-epoch metrics; stop after epoch
+    ``stop_after`` (its checkpoint written, as a killed run leaves it). ``check(metrics, checkpoint_dir)`` is
+    called first at every epoch."""
+    import contextlib
+
+    from hpcm_tune.metrics import EPOCH
+
+    reports: list[dict] = []
+
+    def on_epoch(metrics: dict, checkpoint_dir) -> None:
+        if check is not None:
+            check(metrics, checkpoint_dir)
+        reports.append(metrics)
+        if metrics[EPOCH] == stop_after:
+            raise StopRun
+
+    with contextlib.suppress(StopRun):
+        engine.run(on_epoch)
+    return reports

@@ -1,4 +1,3 @@
-import contextlib
 import math
 import subprocess
 import sys
@@ -13,7 +12,7 @@ from hpcm_tune.checkpoint import STATE_FILE, list_checkpoints
 from hpcm_tune.config import RunConfig
 from hpcm_tune.data import crop_to, eval_images, pad_to_multiple
 from hpcm_tune.engine import Engine, NonFiniteTrainingError, ms_ssim_db
-from hpcm_tune.testing import TinyCompressionModel, make_image_folder
+from hpcm_tune.testing import TinyCompressionModel, make_image_folder, run_engine
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -41,22 +40,12 @@ def _tiny_fake(preset):
     return TinyCompressionModel()
 
 
-class Stop(Exception):
-    pass
+def _checkpoint_written(metrics, checkpoint_dir):
+    assert (checkpoint_dir / STATE_FILE).is_file()
 
 
 def _run(engine, stop_after=None):
-    reports = []
-
-    def on_epoch(metrics, checkpoint_dir):
-        assert (checkpoint_dir / STATE_FILE).is_file()
-        reports.append(metrics)
-        if metrics[M.EPOCH] == stop_after:
-            raise Stop
-
-    with contextlib.suppress(Stop):
-        engine.run(on_epoch)
-    return reports
+    return run_engine(engine, stop_after, check=_checkpoint_written)
 
 
 def test_metrics_carry_exactly_the_documented_names(folder, tmp_path):

@@ -1,7 +1,6 @@
 """Warm start (init_from), the weighting warm-up, the optimizer key and the collapse diagnostics of the engine
 (train/lambda_eff, eval/y_share, eval/flat_psnr, eval/collapsed)."""
 
-import contextlib
 import math
 import shutil
 
@@ -15,7 +14,7 @@ from hpcm_tune.checkpoint import STATE_FILE, CheckpointError, architecture_finge
 from hpcm_tune.config import RunConfig
 from hpcm_tune.engine import Engine, flat_colour_psnr
 from hpcm_tune.optim import CautiousAdam
-from hpcm_tune.testing import TinyCompressionModel, make_image_folder
+from hpcm_tune.testing import TinyCompressionModel, make_image_folder, run_engine
 
 
 @pytest.fixture(scope="module")
@@ -38,21 +37,7 @@ def _wide(preset):
     return TinyCompressionModel(channels=9)  # the same preset name, another architecture
 
 
-class Stop(Exception):
-    pass
-
-
-def _run(engine, stop_after=None):
-    reports = []
-
-    def on_epoch(metrics, checkpoint_dir):
-        reports.append(metrics)
-        if metrics[M.EPOCH] == stop_after:
-            raise Stop
-
-    with contextlib.suppress(Stop):
-        engine.run(on_epoch)
-    return reports
+_run = run_engine
 
 
 def _states_equal(a, b):
