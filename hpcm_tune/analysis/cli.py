@@ -60,6 +60,22 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+# File systems allow 255 bytes per name: longer joined experiment names are shortened, kept unique by a hash.
+MAX_OUT_NAME = 120
+
+
+def default_out_name(names: list[str]) -> str:
+    """The default output folder's name: the experiments' names joined by '+', or, when that is too long for a
+    file name, the first one, the count of the others and a short hash of them all."""
+    import hashlib
+
+    joined = "+".join(names)
+    if len(joined.encode()) <= MAX_OUT_NAME:
+        return joined
+    digest = hashlib.sha256(joined.encode()).hexdigest()[:8]
+    return f"{names[0][:60]}+{len(names) - 1}-more-{digest}"
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -99,8 +115,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"analyze.py: --baseline {' '.join(args.baseline)} matches no configuration; valid labels: "
               f"{', '.join(labels)}", file=sys.stderr)
         return 2
-    out = args.out or Path(DEFAULT_OUT) / "+".join(e.name for e in experiments)
-    written = write_outputs(report, out, plots=not args.no_plots)
+    out = args.out or Path(DEFAULT_OUT) / default_out_name([e.name for e in experiments])
+    try:
+        written = write_outputs(report, out, plots=not args.no_plots)
+    except OSError as error:  # a path under a regular file, no permission, a full disk: say which path
+        print(f"analyze.py: cannot write the report to {out}: {error.strerror or error} "
+              f"({error.filename or out}); choose another --out", file=sys.stderr)
+        return 2
     if not args.quiet:
         print(render_markdown(report))
     print(f"wrote {len(written)} files to {out} in {time.perf_counter() - start:.1f} s: "

@@ -89,3 +89,30 @@ def test_the_report_states_point_and_rate_at_the_top_and_writes_per_image_csv(st
     assert "no per-image bitstream size is reported" in printed  # per-image bpp stays the estimated rate
     assert len(pd.read_csv(out / "per_image.csv")) == 4
     assert (out / "report.md").read_text().strip() == printed.strip()
+
+
+def test_many_experiments_get_a_default_folder_name_a_file_system_accepts(storage, tmp_path, trial, monkeypatch,
+                                                                          capsys):
+    from hpcm_tune.analysis.cli import MAX_OUT_NAME, default_out_name
+
+    names = [f"objectives-2026113{i % 10}-2359{i:02d}" for i in range(40)]
+    short = default_out_name(names)
+    assert len(short.encode()) <= MAX_OUT_NAME and short.startswith(names[0]) and "+39-more-" in short
+    assert default_out_name(names[:-1]) != short  # distinct sets, distinct folders
+    assert default_out_name(names[:2]) == "+".join(names[:2])
+    for i in range(12):
+        write_experiment_dir(storage, f"a-rather-long-experiment-name-number-{i:02d}", [trial("a", 0.001)])
+    monkeypatch.chdir(tmp_path)
+    assert main([str(storage), "--no-plots", "--no-reference", "--quiet"]) == 0
+    (out,) = (tmp_path / "analysis").iterdir()
+    assert "+11-more-" in out.name and (out / "report.md").is_file()
+
+
+def test_an_output_path_under_a_regular_file_exits_2_naming_it(storage, tmp_path, trial, capsys):
+    write_experiment_dir(storage, "exp", [trial("a", 0.001)])
+    (tmp_path / "file").write_text("not a folder")
+    assert main([str(storage / "exp"), "--out", str(tmp_path / "file" / "out"), "--no-plots", "--no-reference",
+                 "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert f"cannot write the report to {tmp_path / 'file' / 'out'}" in err and "Traceback" not in err
+    assert (tmp_path / "file").read_text() == "not a folder"
