@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import math
+from typing import Any
 
 import matplotlib
 
@@ -601,3 +602,33 @@ def weights(report) -> bytes:
 def gammas(report) -> bytes:
     """PNG of :func:`gammas_figure`."""
     return _png(gammas_figure(report))
+
+
+# ---------------------------------------------------------------------------------------------- all figures
+
+FIGURES: dict[str, Any] = {"rd_curves.png": rd_curves, "weights.png": weights, "gammas.png": gammas}
+_SHARED_REPORT: Any = None  # the report a forked renderer reads (set just before the fork, never pickled)
+
+
+def _render(name: str) -> bytes:
+    return FIGURES[name](_SHARED_REPORT)
+
+
+def render_all(report, workers: int | None = None) -> dict[str, bytes]:
+    """Every figure of FIGURES as PNG bytes. matplotlib draws on one core, so with more than one CPU the
+    figures are drawn side by side in forked processes (each inherits the report; nothing is pickled but the
+    PNGs coming back); without fork, or with one CPU, one after the other."""
+    import multiprocessing
+    import os
+    from concurrent.futures import ProcessPoolExecutor
+
+    global _SHARED_REPORT
+    workers = min(len(FIGURES), workers or os.cpu_count() or 1)
+    if workers < 2 or "fork" not in multiprocessing.get_all_start_methods():
+        return {name: draw(report) for name, draw in FIGURES.items()}
+    _SHARED_REPORT = report
+    try:
+        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as pool:
+            return dict(zip(FIGURES, pool.map(_render, FIGURES), strict=True))
+    finally:
+        _SHARED_REPORT = None

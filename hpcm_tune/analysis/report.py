@@ -489,7 +489,6 @@ def write_outputs(report: Report, out_dir: str | Path, plots: bool = True) -> li
     if plots:
         from hpcm_tune.analysis import plots as figures  # matplotlib only when figures are wanted
 
-        for name, draw in (("rd_curves.png", figures.rd_curves), ("weights.png", figures.weights),
-                           ("gammas.png", figures.gammas)):
-            put(name, draw(report))
+        for name, png in figures.render_all(report).items():
+            put(name, png)
     return written

@@ -238,3 +238,10 @@ def test_one_seed_says_no_spread(tmp_path):
 def test_the_pngs_are_rendered(report):
     for draw in (plots.rd_curves, plots.weights, plots.gammas):
         assert draw(report)[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_render_all_draws_the_same_pngs_side_by_side_as_one_after_the_other(report):
+    together = plots.render_all(report, workers=3)
+    alone = plots.render_all(report, workers=1)
+    assert list(together) == list(plots.FIGURES) and together == alone
+    assert all(png.startswith(b"\x89PNG") for png in together.values())
