@@ -400,16 +400,14 @@ def ensure_parents(parents: Sequence[Parent], in_process: bool = False) -> list[
         if done is not None:
             problem = verify(parent)
             if problem is None:
-                _print(f"[parent {parent.name}] cached: {_point(done)}")
-                rows[parent.key] = {"name": parent.name, "cached": True, **_row(done)}
+                rows[parent.key] = _summary(parent, done, cached=True)
                 continue
             _print(f"[parent {parent.name}] the cached parent is unusable ({problem}); retraining it")
             _remove(parent)
         todo.append(parent)
     if todo and in_process:
         for parent in todo:
-            done = train_parent(parent)
-            rows[parent.key] = {"name": parent.name, "cached": False, **_row(done)}
+            rows[parent.key] = _summary(parent, train_parent(parent), cached=False)
     elif todo:
         import ray
 
@@ -424,8 +422,7 @@ def ensure_parents(parents: Sequence[Parent], in_process: bool = False) -> list[
                 cause = getattr(error, "cause", None) or error
                 raise ParentError(f"parent {parent.name} failed: {type(cause).__name__}: {cause}; its checkpoints "
                                   f"are kept in {parent.path}, so fix the cause and run again (or --resume)") from None
-            _print(f"[parent {parent.name}] done: {_point(done)}")
-            rows[parent.key] = {"name": parent.name, "cached": False, **_row(done)}
+            rows[parent.key] = _summary(parent, done, cached=False)
     return [rows[p.key] for p in parents]
 
 
@@ -460,8 +457,14 @@ def _row(done: Mapping[str, Any]) -> dict[str, Any]:
             "beats_jpeg": jpeg["beats"], "vs_jpeg": jpeg["how"]}
 
 
-def _point(done: Mapping[str, Any]) -> str:
-    r = _row(done)
+def _summary(parent: Parent, done: Mapping[str, Any], cached: bool) -> dict[str, Any]:
+    """The summary row of a parent (its point compared with JPEG once), printed as the stage's line."""
+    row = {"name": parent.name, "cached": cached, **_row(done)}
+    _print(f"[parent {parent.name}] {'cached' if cached else 'done'}: {_point(row)}")
+    return row
+
+
+def _point(r: Mapping[str, Any]) -> str:
     if r["psnr"] is None:
         return f"{r['epochs']} epochs"
     return (f"{r['epochs']} epochs, {r['steps']} steps: {r['psnr']:.2f} dB at {r['bpp']:.4f} bpp, "

@@ -821,9 +821,10 @@ def _random_value(dom: Domain, where: str, rng: random.Random | None = None) -> 
         us = {"low": [1e-9] + [1.0] * (dom.dim - 1), "high": [1.0] * (dom.dim - 1) + [1e-9],
               "middle": [0.5] * dom.dim}.get(where) or [rng.random() for _ in range(dom.dim)]
         return dom.from_uniforms(us)
-    if isinstance(dom, RandInt):
-        return {"low": dom.low, "high": dom.high - 1}.get(where, dom.low) if where != "draw" \
-            else rng.randrange(dom.low, dom.high)
+    if isinstance(dom, RandInt):  # high is excluded (Ray's convention)
+        if where == "draw":
+            return rng.randrange(dom.low, dom.high)
+        return dom.high - 1 if where == "high" else dom.low
     if where in ("low", "high"):
         return getattr(dom, where)
     if isinstance(dom, LogUniform):
