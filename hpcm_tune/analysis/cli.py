@@ -57,6 +57,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "~/.cache/hpcm-tune/reference)")
     p.add_argument("--no-plots", action="store_true", help="skip the PNG figures")
     p.add_argument("--quiet", action="store_true", help="do not print the Markdown report")
+    p.add_argument("--archive", type=Path, default=None, metavar="DIR",
+                   help="write a compact copy of ONE experiment to DIR instead of a report: the per-epoch results, "
+                   "configs and trial states that analyze.py reads, without checkpoints (for publishing raw results)")
     return p
 
 
@@ -87,6 +90,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"analyze.py: {err}", file=sys.stderr)
         return 2
     start = time.perf_counter()
+    if args.archive is not None:
+        return _archive(args)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", ResultsWarning)
         try:
@@ -126,6 +131,27 @@ def main(argv: list[str] | None = None) -> int:
         print(render_markdown(report))
     print(f"wrote {len(written)} files to {out} in {time.perf_counter() - start:.1f} s: "
           f"{', '.join(p.name for p in written)}", file=sys.stderr)
+    return 0
+
+
+def _archive(args: argparse.Namespace) -> int:
+    from hpcm_tune.analysis.archive import write_archive
+    from hpcm_tune.analysis.results import find_experiments
+
+    if len(args.paths) != 1:
+        print(f"analyze.py: --archive takes exactly one experiment directory; got {len(args.paths)} paths",
+              file=sys.stderr)
+        return 2
+    try:
+        found = find_experiments(args.paths[0])
+        if len(found) != 1:
+            raise FileNotFoundError(f"{args.paths[0]} holds {len(found)} experiments; name one of them")
+        written = write_archive(found[0], args.archive)
+    except (FileNotFoundError, FileExistsError) as err:
+        print(f"analyze.py: {err}", file=sys.stderr)
+        return 2
+    size = sum(p.stat().st_size for p in written)
+    print(f"archived {found[0]} to {args.archive}: {len(written)} files, {size / 1e6:.2f} MB", file=sys.stderr)
     return 0
 
 
