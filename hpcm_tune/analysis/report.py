@@ -446,14 +446,17 @@ def write_outputs(report: Report, out_dir: str | Path, plots: bool = True) -> li
     and bpp per trial and evaluation image at the report's RD point; only the header when no trial reported
     them), paired.csv and per_seed.csv (each study's paired statistics against its baseline and every trial's RD
     point, from analysis.tables.StudyTables), one tables_<study>.tex per study, reference.csv and
-    reference_images.csv (the reference codec points, when computed) and, with ``plots``, rd_curves.png,
-    weights.png and gammas.png."""
+    reference_images.csv (the reference codec points, when computed), with ``plots``, rd_curves.png,
+    weights.png and gammas.png, and report.html (report.md with every figure embedded, analysis.html)."""
     out = Path(out_dir)
     written: list[Path] = []
+    page: dict[str, str | bytes] = {}  # report.md and the figures, as written: what report.html shows
 
     def put(name: str, data: str | bytes) -> None:
         atomic_write(out / name, data)
         written.append(out / name)
+        if name == "report.md" or name.endswith(".png"):
+            page[name] = data
 
     put("report.md", render_markdown(report))
     put("trials.csv", _csv(report.trials))
@@ -491,4 +494,7 @@ def write_outputs(report: Report, out_dir: str | Path, plots: bool = True) -> li
 
         for name, png in figures.render_all(report).items():
             put(name, png)
+    from hpcm_tune.analysis.html import render_html  # last: every figure written above is embedded
+
+    put("report.html", render_html(page.pop("report.md"), page))
     return written
