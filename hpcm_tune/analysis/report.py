@@ -41,6 +41,8 @@ class Report:
     per_image: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=PER_IMAGE_COLUMNS))
     provenance: prov.Provenance | None = None
     command: list[str] | None = None  # the analyze.py command line (argv), for the provenance block
+    searches: list = field(default_factory=list)  # analysis.search.SearchSection, one per searched study
+    figures: bool = True  # whether the figures are written beside report.md (so the Markdown references them)
 
     @property
     def baselines(self) -> dict[str, str | None]:
@@ -71,13 +73,18 @@ def build_report(experiments: list[Experiment], options: AnalysisOptions | None 
         from hpcm_tune.analysis.references import load_references
 
         references = load_references(trials)
+    from hpcm_tune.analysis import search
+
+    searches = search.search_sections(experiments, trials, options, references)
+    search_only = search.search_only_studies(experiments)  # a search gets no ablation table
     if not trials.empty:
-        for study in dict.fromkeys(trials[STUDY]):
+        for study in (s for s in dict.fromkeys(trials[STUDY]) if s not in search_only):
             studies.append(study_tables(trials, study, options, header_baselines.get(study),
                                         references.get(str(study))))
     return Report(options=options, experiments=experiments, trials=trials, curves=curves, studies=studies,
                   references=references, per_image=per_image_table(experiments, trials, options),
-                  provenance=prov.collect(experiments), command=list(command) if command is not None else None)
+                  provenance=prov.collect(experiments), command=list(command) if command is not None else None,
+                  searches=searches)
 
 
 def per_image_table(experiments: list[Experiment], trials: pd.DataFrame, options: AnalysisOptions) -> pd.DataFrame:
@@ -266,6 +273,9 @@ def render_markdown(report: Report) -> str:
     if report.trials.empty:
         out.append("No trial found.")
         return "\n".join(out) + "\n"
+    from hpcm_tune.analysis.search import markdown as search_markdown
+
+    out += search_markdown(report.searches, figures=report.figures)
     for st in report.studies:
         out += [f"## Study `{st.study}`", ""]
         out.append(f"Baseline: **{st.baseline}** ({st.baseline_reason}).")
@@ -450,6 +460,7 @@ def write_outputs(report: Report, out_dir: str | Path, plots: bool = True) -> li
     weights.png and gammas.png, and report.html (report.md with every figure embedded, analysis.html)."""
     out = Path(out_dir)
     written: list[Path] = []
+    report.figures = plots  # report.md references the search figures only when they are written
     page: dict[str, str | bytes] = {}  # report.md and the figures, as written: what report.html shows
 
     def put(name: str, data: str | bytes) -> None:
@@ -482,6 +493,10 @@ def write_outputs(report: Report, out_dir: str | Path, plots: bool = True) -> li
     put("leaderboard.csv", _csv(pd.concat(boards, ignore_index=True) if boards else pd.DataFrame()))
     put("paired.csv", _csv(pd.concat(paired, ignore_index=True) if paired else pd.DataFrame()))
     put("per_seed.csv", _csv(pd.concat(per_seed, ignore_index=True) if per_seed else pd.DataFrame()))
+    from hpcm_tune.analysis.search import csv_outputs
+
+    for name, text in csv_outputs(report.searches).items():
+        put(name, text)
     if report.references:
         from hpcm_tune.analysis.references import reference_table
 
@@ -493,6 +508,10 @@ def write_outputs(report: Report, out_dir: str | Path, plots: bool = True) -> li
         from hpcm_tune.analysis import plots as figures  # matplotlib only when figures are wanted
 
         for name, png in figures.render_all(report).items():
+            put(name, png)
+        from hpcm_tune.analysis.search_plots import render as search_figures
+
+        for name, png in search_figures(report.searches).items():
             put(name, png)
     from hpcm_tune.analysis.html import render_html  # last: every figure written above is embedded
 
