@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint bench clean-venv
+.PHONY: run test lint bench bench-gpu clean-venv
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -20,6 +20,10 @@ test: $(STAMP)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
+
+# The GPU check (about 8 minutes on one GPU; says so and exits 0 without CUDA): bench/gpu.py.
+bench-gpu: $(STAMP)
+	RAY_USAGE_STATS_ENABLED=0 $(PY) bench/gpu.py
 
 clean-venv:
 	rm -rf $(VENV)
