@@ -20,49 +20,13 @@ from __future__ import annotations
 import contextlib
 import math
 import numbers
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import MISSING, asdict, dataclass, field, fields, replace
 from typing import Any
 
 from hpcm_tune.registry import Registry
 from hpcm_tune.safe_yaml import excerpt
-
-# ---------------------------------------------------------------------------------------------------------------
-# Learning-rate schedules (pure functions of the epoch).
-
-# The official HPCM step-down: lr 1e-4 -> 3e-5 / 1e-5 / 1e-6 at epochs 2750 / 2850 / 2950 of 3001 (DESIGN.md §2),
-# as (milestone epoch, factor of the base lr from that epoch on) out of OFFICIAL_EPOCHS.
-OFFICIAL_EPOCHS = 3001
-OFFICIAL_LR_STEPS: tuple[tuple[int, float], ...] = ((2750, 0.3), (2850, 0.1), (2950, 0.01))
-# Cosine ends where the official step-down ends (1e-6 from 1e-4).
-COSINE_FINAL_FACTOR = 0.01
-
-LR_SCHEDULES: Registry[Callable[[int, int], float]] = Registry("lr_schedule")
-
-
-@LR_SCHEDULES.register("step")
-def step_lr_factor(epoch: int, epochs: int) -> float:
-    """The official step-down scaled to ``epochs``: a milestone m of 3001 applies from the first 0-based epoch
-    e with e / epochs >= m / 3001 (integer arithmetic, so 3001 epochs give exactly 2750/2850/2950)."""
-    factor = 1.0
-    for milestone, step_factor in OFFICIAL_LR_STEPS:
-        if epoch * OFFICIAL_EPOCHS >= milestone * epochs:
-            factor = step_factor
-    return factor
-
-
-@LR_SCHEDULES.register("cosine")
-def cosine_lr_factor(epoch: int, epochs: int) -> float:
-    """Cosine annealing from 1 to COSINE_FINAL_FACTOR over the run (0-based epoch)."""
-    p = min(max(epoch / epochs, 0.0), 1.0)
-    return COSINE_FINAL_FACTOR + (1.0 - COSINE_FINAL_FACTOR) * 0.5 * (1.0 + math.cos(math.pi * p))
-
-
-@LR_SCHEDULES.register("constant")
-def constant_lr_factor(epoch: int, epochs: int) -> float:
-    """No schedule (useful for short tests and fine-tuning)."""
-    return 1.0
-
+from hpcm_tune.schedules import LR_SCHEDULES, STRATEGIES
 
 # ---------------------------------------------------------------------------------------------------------------
 # Names owned by other modules, looked up lazily so this module stays importable without torch.
@@ -226,7 +190,7 @@ class ScheduleConfig:
     gamma_strategy: str = "fixed"
 
     def __post_init__(self) -> None:
-        _check_choice("gamma_strategy", self.gamma_strategy, _registry_names("hpcm_tune.schedules", "STRATEGIES"))
+        _check_choice("gamma_strategy", self.gamma_strategy, STRATEGIES.names())
 
 
 @dataclass(frozen=True)
@@ -437,8 +401,6 @@ def flat_defaults() -> dict[str, Any]:
 __all__ = [
     "DEFAULT_WEIGHTING",
     "FLAT_KEYS",
-    "LR_SCHEDULES",
-    "OFFICIAL_LR_STEPS",
     "SECTIONS",
     "DataConfig",
     "MetaConfig",

@@ -1,4 +1,5 @@
-"""Gamma schedules: per-epoch multipliers (m_s1, m_s2, m_s3) of the scale gammas (DESIGN.md §4).
+"""The per-epoch schedules: gamma multipliers (m_s1, m_s2, m_s3) of the scale gammas (DESIGN.md §4) and learning-rate
+factors (``LR_SCHEDULES``: step, the official HPCM step-down scaled to the run; cosine; constant). Plain Python.
 
 Progress p = clamp(epoch / total_epochs, 0, 1), so a schedule written for the original 3000 epochs fits a run of
 any length and stays at its end value past it. The weighting multiplies each scale's base gamma by its
@@ -72,6 +73,44 @@ def hierarchical(p: float, state: Any = None) -> Multipliers:
         start_p = end_p
     _name, _end, start, change = HIERARCHICAL_PHASES[-1]
     return tuple(max(0.0, s + c) for s, c in zip(start, change))  # type: ignore[return-value]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Learning-rate schedules: factors of the base lr, pure functions of the 0-based epoch and the run's length
+# (OptimizerConfig.lr_at applies them).
+
+# The official HPCM step-down: lr 1e-4 -> 3e-5 / 1e-5 / 1e-6 at epochs 2750 / 2850 / 2950 of 3001 (DESIGN.md §2),
+# as (milestone epoch, factor of the base lr from that epoch on) out of OFFICIAL_EPOCHS.
+OFFICIAL_EPOCHS = 3001
+OFFICIAL_LR_STEPS: tuple[tuple[int, float], ...] = ((2750, 0.3), (2850, 0.1), (2950, 0.01))
+# Cosine ends where the official step-down ends (1e-6 from 1e-4).
+COSINE_FINAL_FACTOR = 0.01
+
+LR_SCHEDULES: Registry[Callable[[int, int], float]] = Registry("lr_schedule")
+
+
+@LR_SCHEDULES.register("step")
+def step_lr_factor(epoch: int, epochs: int) -> float:
+    """The official step-down scaled to ``epochs``: a milestone m of 3001 applies from the first 0-based epoch
+    e with e / epochs >= m / 3001 (integer arithmetic, so 3001 epochs give exactly 2750/2850/2950)."""
+    factor = 1.0
+    for milestone, step_factor in OFFICIAL_LR_STEPS:
+        if epoch * OFFICIAL_EPOCHS >= milestone * epochs:
+            factor = step_factor
+    return factor
+
+
+@LR_SCHEDULES.register("cosine")
+def cosine_lr_factor(epoch: int, epochs: int) -> float:
+    """Cosine annealing from 1 to COSINE_FINAL_FACTOR over the run (0-based epoch)."""
+    p = min(max(epoch / epochs, 0.0), 1.0)
+    return COSINE_FINAL_FACTOR + (1.0 - COSINE_FINAL_FACTOR) * 0.5 * (1.0 + math.cos(math.pi * p))
+
+
+@LR_SCHEDULES.register("constant")
+def constant_lr_factor(epoch: int, epochs: int) -> float:
+    """No schedule (useful for short tests and fine-tuning)."""
+    return 1.0
 
 
 class AdaptiveGamma:
@@ -150,4 +189,6 @@ def make_state(strategy: str, **options) -> AdaptiveGamma | None:
     return AdaptiveGamma(**options) if strategy == "adaptive" else None
 
 
-__all__ = ["HIERARCHICAL_PHASES", "STRATEGIES", "AdaptiveGamma", "gamma_multipliers", "make_state", "progress"]
+__all__ = ["COSINE_FINAL_FACTOR", "HIERARCHICAL_PHASES", "LR_SCHEDULES", "OFFICIAL_EPOCHS", "OFFICIAL_LR_STEPS",
+           "STRATEGIES", "AdaptiveGamma", "constant_lr_factor", "cosine_lr_factor", "gamma_multipliers", "make_state",
+           "progress", "step_lr_factor"]

@@ -5,11 +5,11 @@ import pytest
 
 from hpcm_tune.config import (
     FLAT_KEYS,
-    OFFICIAL_LR_STEPS,
     OptimizerConfig,
     RunConfig,
     flat_defaults,
 )
+from hpcm_tune.schedules import OFFICIAL_LR_STEPS
 
 # The flat keys docs/architecture.md promises (the original design's names kept).
 DOCUMENTED_KEYS = {

@@ -8,7 +8,15 @@ import math
 import pytest
 import torch
 
-from hpcm_tune.schedules import HIERARCHICAL_PHASES, STRATEGIES, AdaptiveGamma, gamma_multipliers, make_state
+from hpcm_tune.schedules import (
+    HIERARCHICAL_PHASES,
+    LR_SCHEDULES,
+    OFFICIAL_LR_STEPS,
+    STRATEGIES,
+    AdaptiveGamma,
+    gamma_multipliers,
+    make_state,
+)
 
 TOTAL = 3000
 
@@ -131,3 +139,18 @@ def test_visualization_script_writes_the_figure(tmp_path) -> None:
     out = module.plot(60, tmp_path / "scale_gamma_strategies.png")
     assert out.exists() and out.stat().st_size > 10_000
     assert not list(tmp_path.glob("*.tmp.png"))
+
+
+# --- learning-rate schedules (OptimizerConfig.lr_at applies them; tests/test_config.py checks the learning rates) ---
+
+
+def test_lr_schedule_registry_and_factors() -> None:
+    assert set(LR_SCHEDULES.names()) == {"step", "cosine", "constant"}
+    with pytest.raises(ValueError, match="constant, cosine, step"):
+        LR_SCHEDULES.get("exponential")
+    step = LR_SCHEDULES.get("step")
+    assert [step(m, 3001) for m, _ in OFFICIAL_LR_STEPS] == [f for _, f in OFFICIAL_LR_STEPS]
+    assert step(0, 3001) == 1.0 and step(OFFICIAL_LR_STEPS[0][0] - 1, 3001) == 1.0
+    cosine = LR_SCHEDULES.get("cosine")
+    assert cosine(0, 10) == 1.0 and cosine(10, 10) == pytest.approx(0.01) and cosine(99, 10) == pytest.approx(0.01)
+    assert {LR_SCHEDULES.get("constant")(e, 7) for e in range(10)} == {1.0}
