@@ -24,7 +24,6 @@ Below :data:`MIN_TRIALS_FOR_IMPORTANCE` finished trials at a lambda no importanc
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import re
@@ -347,13 +346,22 @@ def ped_anova_quantile(finished: int) -> float:
     return min(max(0.1, PED_ANOVA_TOP / finished), 0.5)
 
 
+def _sklearn_importable() -> bool:
+    """Whether fANOVA's scikit-learn imports (installed and whole: a broken install counts as missing)."""
+    try:
+        import sklearn.ensemble  # noqa: F401
+    except Exception:  # ImportError, or whatever a half-installed package raises on import
+        return False
+    return True
+
+
 def available_evaluators(finished: int = 100) -> list[tuple[str, object]]:
     """(name, evaluator) of the Optuna importance evaluators this installation can run for ``finished`` COMPLETE
     trials: fANOVA (needs scikit-learn; seeded), PED-ANOVA (optuna >= 3.6; :func:`ped_anova_quantile`)."""
     import optuna.importance as oi
 
     out: list[tuple[str, object]] = []
-    if importlib.util.find_spec("sklearn") is not None:
+    if _sklearn_importable():
         out.append((FANOVA, oi.FanovaImportanceEvaluator(seed=FANOVA_SEED)))
     if hasattr(oi, "PedAnovaImportanceEvaluator"):
         out.append((PED_ANOVA, oi.PedAnovaImportanceEvaluator(target_quantile=ped_anova_quantile(finished))))
