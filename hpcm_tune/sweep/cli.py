@@ -54,6 +54,15 @@ def _gpus(text: str) -> float:
     return v
 
 
+def _optuna_url(text: str) -> str:
+    from hpcm_tune.sweep.searchers import mask_url, optuna_url_problem
+
+    problem = optuna_url_problem(text)
+    if problem:
+        raise argparse.ArgumentTypeError(f"got {mask_url(text)!r}: {problem}")
+    return text
+
+
 def _assignment(text: str) -> tuple[str, Any]:
     from hpcm_tune import safe_yaml
     from hpcm_tune.safe_yaml import excerpt
@@ -83,7 +92,8 @@ def build_parser() -> argparse.ArgumentParser:
                                   "An existing name is refused: use --resume to continue it")
     p.add_argument("--storage", default="results",
                    help="where experiments are written: a local directory (default: ./results), a shared file "
-                        "system path, or s3:// / gs:// for multi-node clusters")
+                        "system path, or s3:// / gs:// for multi-node clusters (credentials and endpoint from "
+                        "AWS_* variables, or s3://BUCKET/PREFIX?endpoint_override=HOST:PORT&scheme=http; README)")
     p.add_argument("--address", help="an existing Ray cluster ('auto' or HOST:PORT of `ray start --head`); "
                                      "default: a local Ray on 127.0.0.1 only")
     p.add_argument("--num-samples", type=_positive_int, dest="samples",
@@ -99,6 +109,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--searcher", choices=SEARCHER_NAMES,
                    help="optuna: TPE (early-stopped trials told as pruned); random: random draws; grid: every "
                         "grid/choice value")
+    p.add_argument("--optuna-storage", type=_optuna_url, metavar="URL",
+                   help="with the optuna searcher: the Optuna database (RDB URL: sqlite:///PATH, postgresql://..., "
+                        "mysql://...) holding the study, named as the experiment, for optuna.load_study and "
+                        "optuna-dashboard while the sweep runs and after; default: sqlite:///EXPERIMENT/optuna.db "
+                        "(on s3:// / gs:// storage a local file of the driver, uploaded to EXPERIMENT/optuna.db)")
     p.add_argument("--epochs", type=_positive_int, help="epochs per trial (the full budget; ASHA's max)")
     p.add_argument("--seed", type=_nonneg_int, help="first training seed and the searcher's seed")
     p.add_argument("--repeats", type=_positive_int, help="seeds per configuration (random/grid searchers)")
@@ -137,7 +152,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # Flags whose effect Tuner.restore takes from the experiment's saved state, never from the command line.
-RESTORED_WITH_THE_SWEEP = ("space", "name", "wandb", "wandb_project", "wandb_upload_timeout")
+RESTORED_WITH_THE_SWEEP = ("space", "name", "wandb", "wandb_project", "wandb_upload_timeout", "optuna_storage")
 OVERRIDES = ("samples", "max_concurrent", "cpus", "gpus", "scheduler", "searcher", "epochs", "seed", "repeats",
              "max_failures", "checkpoints_to_keep", "delete_stopped_checkpoints")
 
@@ -178,7 +193,7 @@ def _resume_dry_run(experiment: str, opts: Any) -> int:
     from hpcm_tune.sweep.launcher import read_experiment_for_resume
     from hpcm_tune.sweep.parents import status
 
-    path, meta, space, parents = read_experiment_for_resume(experiment, opts)
+    path, meta, space, parents = read_experiment_for_resume(experiment, opts, write=False)
     trials = sorted(p.name for p in Path(path).iterdir() if (p / "params.json").exists()) \
         if "://" not in path else []
     print(f"{path}: study {space.study}, {space.total_trials()} trials planned, {len(trials)} started, scheduler "
@@ -216,7 +231,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             name=args.name, storage=args.storage, address=args.address, engine=args.engine, wandb=args.wandb,
             wandb_project=args.wandb_project, wandb_upload_timeout_s=args.wandb_upload_timeout,
             retry_errored=args.retry_errored, restart_errored=args.restart_errored, num_cpus=args.num_cpus,
-            trust_storage=args.trust_storage,
+            trust_storage=args.trust_storage, optuna_storage=args.optuna_storage,
             top=args.top, verbose=0 if args.quiet else 1,
         )
         if args.resume and args.dry_run:
@@ -226,10 +241,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             space = space_from_args(args)
             if args.dry_run:
-                from hpcm_tune.sweep.launcher import storage_root
+                from hpcm_tune.sweep.launcher import check_storage, storage_root
                 from hpcm_tune.sweep.parents import check_environment, check_init_from, plan_parents, status
                 from hpcm_tune.sweep.space import trial_configs
 
+                check_storage(args.storage, write=False)
                 check_environment(space, local=args.address is None)
                 check_init_from(space)
                 print(f"{space.source}: {space.study}, {space.total_trials()} trials, scheduler {space.scheduler}, "

@@ -8,11 +8,13 @@ stops, errored trials and why) written at the end of each run of the driver.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import json
 import math
 import os
 import re
+import shlex
 import shutil
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -24,6 +26,7 @@ from hpcm_tune.sweep.space import LAMBDA_KEY, SearchSpace, SpaceError, parse_spa
 
 META_FILE = "hpcm_tune.json"
 SUMMARY_FILE = "hpcm_tune_summary.json"
+OPTUNA_DB = "optuna.db"  # the Optuna study of an optuna sweep without --optuna-storage (SQLite)
 DEFAULT_STORAGE = "results"
 
 
@@ -44,6 +47,7 @@ class SweepOptions:
     num_cpus: int | None = None  # local Ray only; default: all cores
     top: int = 3
     verbose: int = 1
+    optuna_storage: str | None = None  # an Optuna RDB URL; default: SQLite <experiment>/optuna.db (optuna only)
 
     def __post_init__(self) -> None:
         if self.name is not None and (not self.name or "/" in self.name or self.name.startswith(".")):
@@ -52,19 +56,46 @@ class SweepOptions:
             raise ValueError(f"top: got {self.top!r}; allowed: an integer >= 1")
         if self.wandb_upload_timeout_s < 0:
             raise ValueError(f"wandb_upload_timeout_s: got {self.wandb_upload_timeout_s!r}; allowed: >= 0")
+        if self.optuna_storage is not None:
+            from hpcm_tune.sweep.searchers import mask_url, optuna_url_problem
+
+            problem = optuna_url_problem(self.optuna_storage)
+            if problem:
+                raise SpaceError("command line", "--optuna-storage", mask_url(self.optuna_storage), problem)
 
 
 # ------------------------------------------------------------------------------------------------------------
 # Storage: a local directory, or a URI (s3://, gs://, a shared file system) through pyarrow.
+#
+# A URI may carry pyarrow's options as a query, e.g. s3://bucket/prefix?endpoint_override=HOST:PORT&scheme=http
+# (an S3-compatible server); Ray Tune keeps the query when it joins paths, and so do join() and basename() here.
+# Credentials and endpoint otherwise come from the environment (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY,
+# AWS_DEFAULT_REGION, AWS_ENDPOINT_URL / AWS_ENDPOINT_URL_S3; README.md, "Storage on S3").
+
+# The URI schemes of pyarrow's file systems (pyarrow.fs.FileSystem.from_uri), which Ray Tune also uses.
+STORAGE_SCHEMES = ("file", "s3", "gs", "gcs", "hdfs", "viewfs", "abfs", "abfss")
+ALLOWED_STORAGE = ("a local directory, or a URI of pyarrow's file systems: s3://BUCKET/PREFIX, gs://BUCKET/PREFIX, "
+                   "file:///PATH, hdfs://, abfs://")
+S3_VARIABLES = ("AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY (or AWS_PROFILE), AWS_DEFAULT_REGION, and for an "
+                "S3-compatible server AWS_ENDPOINT_URL (or ?endpoint_override=HOST:PORT&scheme=http in the URI)")
 
 
 def is_uri(storage: str) -> bool:
     return "://" in storage
 
 
+def split_uri(uri: str) -> tuple[str, str]:
+    """(``scheme://path``, ``?query`` or '') of a URI."""
+    base, sep, query = uri.partition("?")
+    return base, sep + query
+
+
 def storage_root(storage: str) -> str:
-    """Absolute local path (Ray needs one) or the URI unchanged."""
-    return storage if is_uri(storage) else str(Path(storage).expanduser().resolve())
+    """Absolute local path (Ray needs one) or the URI unchanged (less a trailing '/')."""
+    if not is_uri(storage):
+        return str(Path(storage).expanduser().resolve())
+    base, query = split_uri(storage)
+    return base.rstrip("/") + query
 
 
 def _fs(path: str) -> tuple[Any, str]:
@@ -101,7 +132,83 @@ def read_json(path: str) -> dict[str, Any]:
 
 
 def join(root: str, *parts: str) -> str:
-    return "/".join([root.rstrip("/"), *parts])
+    """``root/part/...``; a URI's query stays at its end (s3://b/p?endpoint_override=... + x -> s3://b/p/x?...)."""
+    base, query = split_uri(root) if is_uri(root) else (root, "")
+    return "/".join([base.rstrip("/"), *parts]) + query
+
+
+def basename(path: str) -> str:
+    """The last path component of a local path or a URI (its query left out)."""
+    base = split_uri(path)[0] if is_uri(path) else path
+    return base.rstrip("/").rsplit("/", 1)[-1]
+
+
+def dirname(path: str) -> str:
+    """``path`` less its last component; a URI keeps its query."""
+    base, query = split_uri(path) if is_uri(path) else (path, "")
+    return base.rstrip("/").rsplit("/", 1)[0] + query
+
+
+def check_storage(storage: str, flag: str = "--storage", write: bool = True) -> None:
+    """Before anything is written or Ray starts: ``storage`` names a file system pyarrow knows, can be reached
+    with the credentials at hand, its bucket exists, and (``write``) a file can be written there. A SpaceError
+    naming the flag, the value and what is allowed otherwise."""
+    import uuid
+
+    import pyarrow
+    import pyarrow.fs
+
+    def fail(why: str) -> SpaceError:
+        return SpaceError("command line", flag, storage, why)
+
+    if not is_uri(storage):
+        root = Path(storage_root(storage))
+        existing = next((p for p in (root, *root.parents) if p.exists()), None)
+        if existing is not None and not existing.is_dir():
+            raise fail(f"{existing} is a file, not a directory; allowed: {ALLOWED_STORAGE}")
+        if write and existing is not None and not os.access(existing, os.W_OK | os.X_OK):
+            raise fail(f"{existing} is not writable by this user; allowed: {ALLOWED_STORAGE}")
+        return
+    scheme = storage.split("://", 1)[0].lower()
+    if scheme not in STORAGE_SCHEMES:
+        raise fail(f"unknown URI scheme {scheme}://; allowed: {ALLOWED_STORAGE}")
+    try:
+        fs, path = pyarrow.fs.FileSystem.from_uri(storage)
+    except (pyarrow.ArrowInvalid, pyarrow.ArrowNotImplementedError, ValueError) as error:
+        raise fail(f"pyarrow cannot open it ({_one_line(error)}); allowed: {ALLOWED_STORAGE}") from None
+    except OSError as error:  # s3:// without a region or endpoint asks AWS where the bucket is
+        raise fail(f"cannot reach it ({_one_line(error)}){_hint(scheme)}") from None
+    hint = _hint(scheme)
+    bucket = path.strip("/").split("/", 1)[0]
+    try:
+        if scheme in ("s3", "gs", "gcs"):
+            if not bucket:
+                raise fail(f"no bucket; allowed: {scheme}://BUCKET/PREFIX")
+            if fs.get_file_info(bucket).type == pyarrow.fs.FileType.NotFound:
+                raise fail(f"the bucket {bucket!r} does not exist (or these credentials cannot see it); create it "
+                           f"first{hint}")
+        info = fs.get_file_info(path)
+        if info.type == pyarrow.fs.FileType.File:
+            raise fail(f"{path} is a file, not a directory; allowed: {ALLOWED_STORAGE}")
+        if write:
+            probe = f"{path.rstrip('/')}/.hpcm-tune-write-test-{uuid.uuid4().hex[:12]}"
+            with fs.open_output_stream(probe) as f:
+                f.write(b"ok\n")
+            with contextlib.suppress(OSError):
+                fs.delete_file(probe)
+    except OSError as error:  # connection refused, unknown host, access denied, wrong key or signature
+        raise fail(f"cannot {'write to' if write else 'read'} it ({_one_line(error)}){hint}") from None
+
+
+def _one_line(error: BaseException) -> str:
+    text = " ".join(str(error).split())
+    return f"{type(error).__name__}: {text[:300]}"
+
+
+def _hint(scheme: str) -> str:
+    if scheme != "s3":
+        return ""
+    return f"; check the endpoint and credentials: {S3_VARIABLES}"
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -171,7 +278,94 @@ def space_from_meta(meta: Mapping[str, Any]) -> SearchSpace:
     return SearchSpace(params=params, raw=dict(meta.get("space_raw", {})), **s)
 
 
-def _build(space: SearchSpace, opts: SweepOptions, name: str, storage: str) -> tuple[Any, Any, Any]:
+# ------------------------------------------------------------------------------------------------------------
+# Optuna's study in a database. Local experiments: SQLite <experiment>/optuna.db unless --optuna-storage.
+# Object storage (s3://, gs://): SQLite cannot live there, so the study is a local file of the driver
+# (local_optuna_file), uploaded to <experiment>/optuna.db at the end of every run of the driver and downloaded
+# by --resume when the local file is missing; for a study readable while the sweep runs on a cluster, give a
+# database server with --optuna-storage.
+
+
+def local_optuna_file(experiment: str) -> Path:
+    """The driver's SQLite file of an experiment on object storage (one per experiment URI)."""
+    import hashlib
+
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "hpcm-tune" / "optuna"
+    name = re.sub(r"[^A-Za-z0-9._-]+", "-", experiment.split("?", 1)[0].rstrip("/").rsplit("/", 1)[-1])[:80]
+    return cache / f"{name}-{hashlib.sha1(experiment.encode()).hexdigest()[:10]}.db"
+
+
+def optuna_study(space: SearchSpace, opts: SweepOptions, name: str, path: str) -> dict[str, Any] | None:
+    """Where a new sweep keeps its Optuna study ({"url", "study", "upload_to"}; None for other searchers),
+    checked before anything starts: a URL of the flag that is refused, unreachable or holds a study of this
+    name with trials is a SpaceError naming --optuna-storage and the value."""
+    from hpcm_tune.sweep.searchers import mask_url, new_study_storage
+
+    if space.searcher != "optuna":
+        if opts.optuna_storage:
+            raise SpaceError("command line", "--optuna-storage", mask_url(opts.optuna_storage),
+                             f"a study database needs the optuna searcher; this sweep's is {space.searcher!r}")
+        return None
+    if opts.optuna_storage:
+        try:
+            new_study_storage(opts.optuna_storage, name)
+        except ValueError as exc:
+            raise SpaceError("command line", "--optuna-storage", mask_url(opts.optuna_storage), str(exc)) from None
+        return {"url": opts.optuna_storage, "study": name, "upload_to": None}
+    if is_uri(path):
+        local = local_optuna_file(path)
+        local.parent.mkdir(parents=True, exist_ok=True)
+        return {"url": f"sqlite:///{local}", "study": name, "upload_to": join(path, OPTUNA_DB)}
+    return {"url": f"sqlite:///{join(path, OPTUNA_DB)}", "study": name, "upload_to": None}
+
+
+def _copy(src: str, dst: str) -> None:
+    """Copy one file between the local disk and storage (either side a URI), through a temporary name."""
+    fs_in, p_in = _fs(src)
+    fs_out, p_out = _fs(dst)
+    fs_out.create_dir(p_out.rsplit("/", 1)[0], recursive=True)
+    with fs_in.open_input_stream(p_in) as f, fs_out.open_output_stream(f"{p_out}.tmp") as g:
+        while chunk := f.read(1 << 22):
+            g.write(chunk)
+    fs_out.move(f"{p_out}.tmp", p_out)
+
+
+def upload_optuna(optuna: Mapping[str, Any] | None) -> None:
+    """After a run of the driver: the local study file of an experiment on object storage, to the experiment."""
+    if optuna and optuna.get("upload_to"):
+        try:
+            _copy(optuna["url"].removeprefix("sqlite:///"), optuna["upload_to"])
+        except OSError as exc:  # the sweep's own outcome matters more; the local file stays
+            import sys
+
+            print(f"warning: the Optuna study was not uploaded to {optuna['upload_to']} ({type(exc).__name__}: "
+                  f"{exc}); it stays in {optuna['url']}", file=sys.stderr)
+
+
+def prepare_optuna_for_resume(optuna: Mapping[str, Any] | None, experiment: str) -> None:
+    """Before --resume starts Ray: the study's database must be reachable (the searcher's state points at it);
+    on object storage a missing local file is first downloaded from the experiment."""
+    from hpcm_tune.sweep.searchers import optuna_storage
+
+    if not optuna:
+        return
+    if optuna.get("upload_to"):
+        local = Path(optuna["url"].removeprefix("sqlite:///"))
+        if not local.exists() and exists(optuna["upload_to"]):
+            local.parent.mkdir(parents=True, exist_ok=True)
+            _copy(optuna["upload_to"], str(local))
+    try:
+        optuna_storage(optuna["url"])
+    except ValueError as exc:
+        raise SpaceError(join(experiment, META_FILE), "optuna storage (--optuna-storage when started)",
+                         optuna["url"], f"{exc}; make the database reachable, then resume again") from None
+
+
+# ------------------------------------------------------------------------------------------------------------
+
+
+def _build(space: SearchSpace, opts: SweepOptions, name: str, storage: str,
+           optuna: Mapping[str, Any] | None = None) -> tuple[Any, Any, Any]:
     """(trainable with resources, TuneConfig, RunConfig) of a sweep."""
     from ray import tune
 
@@ -181,7 +375,9 @@ def _build(space: SearchSpace, opts: SweepOptions, name: str, storage: str) -> t
     from hpcm_tune.sweep.trainable import KeepResultsOfRetriedTrials, make_trainable
 
     scheduler = build_scheduler(space)
-    search_alg, param_space, num_samples = build_searcher(space)
+    search_alg, param_space, num_samples = build_searcher(
+        space, optuna_storage_url=optuna["url"] if optuna else None, study_name=optuna["study"] if optuna else None,
+        experiment=join(storage, name))
     callbacks: list[Any] = []
     if isinstance(scheduler, PerGroupASHA):  # first, as in experiments written before the next one existed
         callbacks.append(SchedulerStateCallback(scheduler))
@@ -215,6 +411,7 @@ def run_sweep(space: SearchSpace, opts: SweepOptions) -> dict[str, Any]:
     from hpcm_tune.sweep.parents import check_environment, check_init_from, plan_parents
 
     name = opts.name or default_name(space)
+    check_storage(opts.storage)
     storage = storage_root(opts.storage)
     path = join(storage, name)
     if exists(path):
@@ -223,15 +420,19 @@ def run_sweep(space: SearchSpace, opts: SweepOptions) -> dict[str, Any]:
                          f"(same --storage) or choose a new --name")
     check_environment(space, local=opts.address is None)
     check_init_from(space)
+    optuna = optuna_study(space, opts, name, path)
     parents = plan_parents(space, storage, opts.engine)
     meta = experiment_meta(space, opts, name)
     meta["parents"] = [p.to_json() for p in parents]
+    if optuna:
+        meta["optuna"] = {**optuna, "url": _masked(optuna["url"])}
     write_json(join(path, META_FILE), meta)
     init_ray(opts.address, opts.num_cpus)
-    return _fit_new(space, opts, name, storage, parents)
+    return _fit_new(space, opts, name, storage, parents, optuna)
 
 
-def _fit_new(space: SearchSpace, opts: SweepOptions, name: str, storage: str, parents: list[Any]) -> dict[str, Any]:
+def _fit_new(space: SearchSpace, opts: SweepOptions, name: str, storage: str, parents: list[Any],
+             optuna: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """The parent stage (if any), then a fresh Tuner under ``name``."""
     from ray import tune
 
@@ -239,11 +440,14 @@ def _fit_new(space: SearchSpace, opts: SweepOptions, name: str, storage: str, pa
 
     parent_rows = ensure_parents(parents) if parents else []
     space = with_parents(space, parents)
-    trainable, param_space, (tune_config, run_config) = _build(space, opts, name, storage)
+    trainable, param_space, (tune_config, run_config) = _build(space, opts, name, storage, optuna)
     tuner = tune.Tuner(trainable, param_space=param_space, tune_config=tune_config, run_config=run_config)
-    results = tuner.fit()
+    try:
+        results = tuner.fit()
+    finally:
+        upload_optuna(optuna)
     return finish(results, space, join(storage, name), tuner_scheduler(tune_config), top=opts.top,
-                  parents=parent_rows)
+                  parents=parent_rows, optuna=optuna)
 
 
 def tuner_scheduler(tune_config: Any) -> Any:
@@ -252,8 +456,10 @@ def tuner_scheduler(tune_config: Any) -> Any:
 
 def resolve_experiment(resume: str, storage: str) -> str:
     """``--resume`` takes an experiment path/URI or a name under ``--storage``."""
-    if is_uri(resume) or Path(resume).expanduser().is_dir():
-        return resume if is_uri(resume) else str(Path(resume).expanduser().resolve())
+    if is_uri(resume):
+        return storage_root(resume)
+    if Path(resume).expanduser().is_dir():
+        return str(Path(resume).expanduser().resolve())
     return join(storage_root(storage), resume)
 
 
@@ -280,13 +486,18 @@ def check_trusted(path: str, trust_storage: bool) -> None:
                              f"Make it writable by you only (chmod -R go-w {path}) or pass --trust-storage")
 
 
-def read_experiment_for_resume(experiment: str, opts: SweepOptions) -> tuple[str, dict[str, Any], SearchSpace,
-                                                                            list[Any]]:
+def read_experiment_for_resume(experiment: str, opts: SweepOptions, write: bool = True) -> tuple[
+        str, dict[str, Any], SearchSpace, list[Any]]:
     """(path, hpcm_tune.json content, the sweep's space, its parents) of an experiment to resume, every
-    problem a SpaceError naming the path before Ray starts."""
+    problem a SpaceError naming the path before Ray starts (object storage: reachable, the bucket there, and
+    with ``write`` writable)."""
     from hpcm_tune.sweep.parents import Parent
 
     path = resolve_experiment(experiment, opts.storage)
+    if is_uri(experiment):
+        check_storage(experiment, "--resume", write=write)
+    elif is_uri(path):
+        check_storage(opts.storage, write=write)
     if not exists(join(path, META_FILE)):
         raise SpaceError("command line", "--resume", experiment,
                          f"no hpcm-tune experiment at {path} (missing {META_FILE})")
@@ -315,12 +526,12 @@ def resume_sweep(experiment: str, opts: SweepOptions) -> dict[str, Any]:
     from hpcm_tune.sweep.trainable import make_trainable
 
     path, meta, space, parents = read_experiment_for_resume(experiment, opts)
+    optuna = meta.get("optuna")
+    prepare_optuna_for_resume(optuna, path)
     init_ray(opts.address, opts.num_cpus)
     if not tune.Tuner.can_restore(path):
         if parents:  # killed during the parent stage: finish it, then start the trials
-            name = path.rstrip("/").rsplit("/", 1)[-1]
-            storage = path.rstrip("/")[: -len(name) - 1]
-            return _fit_new(space, opts, name, storage, parents)
+            return _fit_new(space, opts, basename(path), dirname(path), parents, optuna)
         raise SpaceError("command line", "--resume", experiment,
                          f"{path} has no Tune experiment state to resume (was the driver killed before the "
                          f"first snapshot?); start a new sweep with a new --name")
@@ -333,9 +544,12 @@ def resume_sweep(experiment: str, opts: SweepOptions) -> dict[str, Any]:
                                restart_errored=opts.restart_errored)
     meta.setdefault("resumed", []).append(_dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"))
     write_json(join(path, META_FILE), meta)
-    results = tuner.fit()
+    try:
+        results = tuner.fit()
+    finally:
+        upload_optuna(optuna)
     scheduler = tuner._local_tuner._tune_config.scheduler if hasattr(tuner, "_local_tuner") else None
-    return finish(results, space, path, scheduler, top=opts.top, parents=parent_rows)
+    return finish(results, space, path, scheduler, top=opts.top, parents=parent_rows, optuna=optuna)
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -385,7 +599,8 @@ def best_per_lambda(rows: list[dict[str, Any]], space: SearchSpace, top: int) ->
 
 
 def finish(results: Any, space: SearchSpace, path: str, scheduler: Any, top: int = 3,
-           delete_stopped: bool | None = None, parents: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+           delete_stopped: bool | None = None, parents: list[dict[str, Any]] | None = None,
+           optuna: Mapping[str, Any] | None = None) -> dict[str, Any]:
     from hpcm_tune.sweep.callbacks import offline_runs
 
     rows = _rows(results, space)
@@ -414,6 +629,8 @@ def finish(results: Any, space: SearchSpace, path: str, scheduler: Any, top: int
         "wandb_offline_runs": offline_runs(path),
         "epochs_run": sum(r["epochs"] or 0 for r in rows),
         "checkpoints_deleted": deleted,
+        "optuna": None if not optuna else {"url": _masked(optuna["url"]), "study": optuna["study"],
+                                           "uploaded_to": optuna.get("upload_to")},
         "scheduler_state": scheduler.state_dict() if hasattr(scheduler, "state_dict") else None,
     }
     write_json(join(path, SUMMARY_FILE), summary)
@@ -461,9 +678,20 @@ def format_summary(summary: Mapping[str, Any]) -> str:
     if runs:
         lines.append(f"\nW&B: {len(runs)} offline run(s), one in each trial's folder of the experiment; upload "
                      f"them (now or any time later) with\n  wandb sync {summary['experiment']}/*/wandb/offline-run-*")
+    study = summary.get("optuna")
+    if study:
+        lines.append(f"\nOptuna study {study['study']!r} in {study['url']}"
+                     + (f" (a copy in {study['uploaded_to']})" if study.get("uploaded_to") else "")
+                     + f"; browse it with: pip install optuna-dashboard; optuna-dashboard {study['url']}")
     lines.append(f"\nResults: {summary['experiment']}")
-    lines.append(f"Tables: python analyze.py {summary['experiment']}")
+    lines.append(f"Tables: python analyze.py {shlex.quote(summary['experiment'])}")  # a URI's query has '&'
     return "\n".join(lines)
+
+
+def _masked(url: str) -> str:
+    from hpcm_tune.sweep.searchers import mask_url
+
+    return mask_url(url)
 
 
 def _fmt(v: Any) -> str:

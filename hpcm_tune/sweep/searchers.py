@@ -9,6 +9,12 @@ Optuna and early stopping: Ray tells Optuna a trial that the scheduler stopped e
 value, which biases TPE towards configurations that merely start fast (DESIGN.md §6). ``PrunedOptunaSearch``
 records that value as an intermediate value at its step and tells Optuna the trial was PRUNED (Optuna refuses a
 value with PRUNED).
+
+Optuna's study in a database (``build_optuna(..., storage_url=URL, study_name=NAME)``): the searcher's study
+lives in an Optuna RDB storage (SQLite, PostgreSQL, MySQL) instead of memory, so ``optuna.load_study`` and
+optuna-dashboard read it while the sweep runs and after it. Every trial carries its Ray trial id as the user
+attribute ``ray_trial_id``. Trial numbers are the database's, so a resumed sweep never repeats one; on resume,
+``PrunedOptunaSearch.restore`` reconciles the database with the snapshot Ray restored (see there).
 """
 
 from __future__ import annotations
@@ -36,6 +42,61 @@ from hpcm_tune.sweep.space import (
 )
 
 TRAINING_ITERATION = "training_iteration"
+RAY_TRIAL_ID_ATTR = "ray_trial_id"
+LOST_ATTR = "hpcm_tune_lost"
+# Database URLs --optuna-storage accepts (SQLAlchemy dialects Optuna's RDBStorage is tested with), any +driver.
+OPTUNA_SCHEMES = ("sqlite", "postgresql", "mysql")
+OPTUNA_URL_HELP = ("sqlite:///PATH (a file), postgresql://USER@HOST[:PORT]/DB or mysql://USER@HOST[:PORT]/DB "
+                   "(a +driver suffix such as postgresql+psycopg2:// is allowed); no password in the URL: it "
+                   "would be saved in the experiment's state, give it in ~/.pgpass, PGPASSWORD or ~/.my.cnf")
+
+
+def optuna_url_problem(url: str) -> str | None:
+    """Why ``url`` is not an Optuna storage URL this project accepts (None when it is), without connecting."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        parsed = make_url(url)
+    except (ArgumentError, ValueError):
+        return f"not a database URL; allowed: {OPTUNA_URL_HELP}"
+    if parsed.get_backend_name() not in OPTUNA_SCHEMES:
+        return f"unknown scheme {parsed.drivername!r}; allowed: {OPTUNA_URL_HELP}"
+    if parsed.password:
+        return f"the URL contains a password; allowed: {OPTUNA_URL_HELP}"
+    if parsed.get_backend_name() == "sqlite" and not parsed.database:
+        return f"an in-memory SQLite database is lost with the driver; allowed: {OPTUNA_URL_HELP}"
+    return None
+
+
+def mask_url(url: str) -> str:
+    """The URL as it may be printed and written to hpcm_tune.json (a password, if any, as ***)."""
+    try:
+        from sqlalchemy.engine import make_url
+
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:
+        return url
+
+
+def optuna_storage(url: str) -> Any:
+    """An Optuna RDB storage at ``url`` (tables created if needed); SQLite waits up to 60 s for a lock held by a
+    reader such as optuna-dashboard, a server database at most 10 s for the connection. Raises ValueError
+    naming the URL and why when it is refused or unreachable."""
+    import optuna
+    from sqlalchemy.engine import make_url
+
+    problem = optuna_url_problem(url)
+    if problem:
+        raise ValueError(problem)
+    backend = make_url(url).get_backend_name()
+    connect_args = {"timeout": 60} if backend == "sqlite" else {"connect_timeout": 10}
+    try:
+        return optuna.storages.RDBStorage(url, engine_kwargs={"connect_args": connect_args})
+    except Exception as exc:  # ImportError (no DB driver), sqlalchemy.exc.OperationalError (unreachable), ...
+        lines = [ln for ln in str(exc).splitlines() if ln.strip()]
+        raise ValueError(f"cannot open the database ({type(exc).__name__}: "
+                         f"{(lines[0] if lines else '')[:300]})") from None
 
 
 def ray_domain(dom: Domain, enumerate_choices: bool = False) -> Any:
@@ -53,6 +114,19 @@ def ray_domain(dom: Domain, enumerate_choices: bool = False) -> Any:
     if isinstance(dom, Grid):
         return tune.grid_search(list(dom.grid))
     raise ValueError(f"no Ray domain for {dom.kind!r}")
+
+
+def new_study_storage(url: str, study_name: str) -> Any:
+    """The storage at ``url`` for a new sweep's study ``study_name``: refused (ValueError) when unreachable or
+    when a study of that name already has trials (another sweep's, which the new one would mix with). An
+    empty one is reused: that of a sweep stopped before its first trial."""
+    storage = optuna_storage(url)
+    for study in storage.get_all_studies():
+        if study.study_name == study_name and storage.get_n_trials(study._study_id) > 0:
+            raise ValueError(f"{mask_url(url)} already holds an Optuna study named {study_name!r} with trials "
+                             f"(another sweep's); choose a new --name, or delete it first: optuna delete-study "
+                             f"--study-name {study_name} --storage URL")
+    return storage
 
 
 class SimplexFromDraws:
@@ -136,6 +210,46 @@ class PrunedOptunaSearch(OptunaSearch):
         super().__init__(*args, **kwargs)
         self._max_epochs = int(max_epochs)
         self.pruned: list[str] = []
+        self._finished_elsewhere: set[str] = set()  # finished in the database after Ray's last snapshot
+
+    def suggest(self, trial_id: str) -> dict | None:
+        config = super().suggest(trial_id)
+        ot_trial = self._ot_trials.get(trial_id)
+        if ot_trial is not None and RAY_TRIAL_ID_ATTR not in ot_trial.user_attrs:
+            ot_trial.set_user_attr(RAY_TRIAL_ID_ATTR, trial_id)
+        return config
+
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        if trial_id in self._finished_elsewhere:
+            return  # told before the driver stopped, after the snapshot Ray resumed from: keep what was told
+        super().on_trial_result(trial_id, result)
+
+    def restore(self, checkpoint_path: str) -> None:
+        """Ray's snapshot of the searcher, reconciled with a database study that lived on after it: a trial the
+        database already has as finished is not reported again (Ray may rerun its last epochs), and a trial
+        asked after the snapshot, which Ray no longer knows, is marked FAIL with the user attribute
+        ``hpcm_tune_lost`` instead of staying RUNNING forever. An in-memory study is the snapshot itself. (A
+        finished Optuna trial cannot be reopened: one that Ray resumes from the older snapshot keeps the state
+        and value told before the driver stopped, even if ASHA now judges it differently.)"""
+        from optuna.storages import InMemoryStorage
+        from optuna.trial import TrialState
+
+        super().restore(checkpoint_path)
+        if self._ot_study is None or isinstance(self._storage, InMemoryStorage) or self._storage is None:
+            return
+        known = {t._trial_id: tid for tid, t in self._ot_trials.items()}
+        self._finished_elsewhere = set()
+        storage = self._ot_study._storage
+        for frozen in self._ot_study.get_trials(deepcopy=False):
+            ray_id = known.get(frozen._trial_id)
+            if ray_id is None and frozen.state == TrialState.RUNNING:
+                storage.set_trial_user_attr(frozen._trial_id, LOST_ATTR,
+                                            "asked by a driver that stopped before its next snapshot; the resumed "
+                                            "sweep never ran it")
+                storage.set_trial_state_values(frozen._trial_id, TrialState.FAIL)
+            elif ray_id is not None and frozen.state.is_finished() and ray_id not in self._completed_trials:
+                self._finished_elsewhere.add(ray_id)
+                self._completed_trials.add(ray_id)
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         from optuna.trial import TrialState
@@ -156,6 +270,12 @@ class PrunedOptunaSearch(OptunaSearch):
             and result.get(self.metric) is not None
         )
         if not early:
+            if (not error and result and ot_trial is not None and trial_id not in self._completed_trials
+                    and result.get(self.metric) is not None and result.get(TRAINING_ITERATION) is not None):
+                # Ray passes the last result here, not to on_trial_result: record it as the last epoch's value too.
+                step = int(result[TRAINING_ITERATION])
+                if step not in ot_trial.storage.get_trial(ot_trial._trial_id).intermediate_values:
+                    ot_trial.report(float(result[self.metric]), step)
             super().on_trial_complete(trial_id, result=result, error=error)
             return
         step = int(result.get(TRAINING_ITERATION, result[metrics.EPOCH]))
@@ -170,7 +290,13 @@ SEARCHERS: Registry[Callable[[SearchSpace], SearcherBuild]] = Registry("searcher
 
 
 @SEARCHERS.register("optuna")
-def build_optuna(space: SearchSpace) -> SearcherBuild:
+def build_optuna(space: SearchSpace, storage_url: str | None = None, study_name: str | None = None,
+                 experiment: str | None = None) -> SearcherBuild:
+    """TPE (or random) over the space; the study in memory (pickled with the searcher's state), or in the
+    database at ``storage_url`` under ``study_name`` (created here; an existing study of that name is
+    refused, so a new sweep never mixes its trials with another's)."""
+    import warnings
+
     import optuna
 
     opts = space.searcher_options
@@ -178,8 +304,23 @@ def build_optuna(space: SearchSpace) -> SearcherBuild:
         sampler = optuna.samplers.TPESampler(seed=space.seed, n_startup_trials=int(opts.get("n_startup_trials", 4)))
     else:
         sampler = optuna.samplers.RandomSampler(seed=space.seed)
+    storage = None
+    if storage_url is not None:
+        if not study_name:
+            raise ValueError("a study in a database needs a study name")
+        storage = new_study_storage(storage_url, study_name)
     searcher = PrunedOptunaSearch(space=DefineByRun(space.params), metric=space.metric, mode=space.mode,
-                                  sampler=sampler, max_epochs=space.max_epochs)
+                                  sampler=sampler, max_epochs=space.max_epochs, storage=storage,
+                                  study_name=study_name)
+    if storage is not None:  # what optuna-dashboard shows next to the study
+        study = searcher._ot_study
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            study.set_metric_names([space.metric])
+        study.set_user_attr("metric", space.metric)
+        study.set_user_attr("hpcm_tune_study", space.study)
+        if experiment:
+            study.set_user_attr("experiment", experiment)
     ps = {**space.fixed, "study": space.study, "label": space.study, SEED_KEY: space.seed}
     return searcher, ps, space.samples
 
@@ -199,5 +340,11 @@ def build_grid(space: SearchSpace) -> SearcherBuild:
     return _variants(space), variant_param_space(space, True), space.samples
 
 
-def build_searcher(space: SearchSpace) -> SearcherBuild:
+def build_searcher(space: SearchSpace, optuna_storage_url: str | None = None, study_name: str | None = None,
+                   experiment: str | None = None) -> SearcherBuild:
+    """The searcher of ``space``; with ``optuna_storage_url`` (optuna only), its study in that database."""
+    if space.searcher == "optuna":
+        return build_optuna(space, storage_url=optuna_storage_url, study_name=study_name, experiment=experiment)
+    if optuna_storage_url is not None:
+        raise ValueError(f"an Optuna study database needs the optuna searcher; this sweep's is {space.searcher!r}")
     return SEARCHERS.get(space.searcher)(space)
