@@ -275,7 +275,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=5, help="untimed steps first (default 5)")
     parser.add_argument("--steps", type=int, default=20, help="timed steps per mode (default 20)")
     parser.add_argument("--codec-size", type=int, default=512)
-    parser.add_argument("--codec-repeats", type=int, default=3)
+    parser.add_argument("--codec-repeats", type=int, default=2)
     parser.add_argument("--sweep-s", type=float, default=120, help="the packed sweep's length (default 120 s)")
     parser.add_argument("--skip-sweep", action="store_true")
     args = parser.parse_args(argv)
