@@ -21,16 +21,23 @@ from hpcm_tune.reference import ReferenceWarning
 DEFAULT_OUT = "analysis"
 
 
+def _path(text: str) -> str | Path:
+    """A local path, or a URI kept as text (s3://BUCKET/PREFIX/NAME: Path would fold its '//')."""
+    return text if "://" in text else Path(text)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="analyze.py",
         description="Ablation tables, BD-rates and RD curves from Ray Tune experiment directories "
         "(no Ray cluster needed).",
     )
-    p.add_argument("paths", nargs="*", type=Path,
-                   help="experiment directories, or storage directories (all experiments inside are merged); "
+    p.add_argument("paths", nargs="*", type=_path,
+                   help="experiment directories (or s3://BUCKET/PREFIX/NAME), or storage directories (all "
+                   "experiments inside are merged); "
                    "default: the most recent experiment in --storage")
-    p.add_argument("--storage", type=Path, default=None, help="where sweeps are stored (default: ./results)")
+    p.add_argument("--storage", type=_path, default=None,
+                   help="where sweeps are stored (default: ./results); also s3://BUCKET/PREFIX (README.md)")
     p.add_argument("--out", type=Path, default=None,
                    help=f"output directory (default: ./{DEFAULT_OUT}/<experiment name>)")
     p.add_argument("--baseline", action="append", default=[], metavar="LABEL|KEY=VALUE",

@@ -135,6 +135,7 @@ class Experiment:
     path: Path
     header: dict
     trials: list[TrialRecord]
+    source: str | None = None  # the URI it was read from (then ``path`` is a local copy of its JSON/CSV files)
 
     @property
     def name(self) -> str:
@@ -170,9 +171,78 @@ def _last_modified(path: Path) -> float:
     return max(times) if times else path.stat().st_mtime
 
 
+def is_uri(path: str | Path) -> bool:
+    return isinstance(path, str) and "://" in path
+
+
+# Files of object storage that the analysis reads (checkpoints, pickles and Ray's other files are not fetched).
+def _wanted(relative: str) -> bool:
+    parts = relative.split("/")
+    if len(parts) > 3 or parts[0] == "parents" or any(p.startswith("checkpoint_") for p in parts):
+        return False
+    name = parts[-1]
+    return name in (HEADER_FILE, *TRIAL_FILES) or (name.startswith("experiment_state-") and name.endswith(".json"))
+
+
+_DOWNLOADS: list[str] = []
+_SOURCES: dict[Path, str] = {}  # local copy -> the URI it came from
+
+
+def source_of(path: Path) -> str | None:
+    """The URI a local copy (:func:`download`) came from: of the folder itself or of the storage above it."""
+    from hpcm_tune.sweep.launcher import join
+
+    path = Path(path).resolve()
+    if path in _SOURCES:
+        return _SOURCES[path]
+    return join(_SOURCES[path.parent], path.name) if path.parent in _SOURCES else None
+
+
+def download(uri: str) -> Path:
+    """A local copy of the JSON/CSV files of the experiment (or storage of experiments) at ``uri`` (s3://, gs://,
+    file://, with pyarrow's query options), with their modification times, in a temporary folder removed at exit.
+    Credentials and endpoint as for the sweep (README.md, "Storage on S3"). FileNotFoundError when nothing is
+    there or it cannot be read."""
+    import atexit
+    import os
+    import shutil
+    import tempfile
+
+    import pyarrow
+    import pyarrow.fs
+
+    from hpcm_tune.sweep.launcher import basename
+
+    try:
+        fs, root = pyarrow.fs.FileSystem.from_uri(uri)
+        infos = fs.get_file_info(pyarrow.fs.FileSelector(root, recursive=True, allow_not_found=True))
+    except (OSError, pyarrow.ArrowInvalid, pyarrow.ArrowNotImplementedError) as err:
+        raise FileNotFoundError(f"cannot read {uri}: {type(err).__name__}: {' '.join(str(err).split())[:300]}") \
+            from None
+    root = root.rstrip("/")
+    files = [i for i in infos if i.type == pyarrow.fs.FileType.File and _wanted(i.path[len(root) + 1:])]
+    if not files:
+        raise FileNotFoundError(f"no experiment at {uri} (no {HEADER_FILE}, experiment state or trial results)")
+    scratch = tempfile.mkdtemp(prefix="hpcm-analyze-")
+    if not _DOWNLOADS:
+        atexit.register(lambda: [shutil.rmtree(d, ignore_errors=True) for d in _DOWNLOADS])
+    _DOWNLOADS.append(scratch)
+    local = Path(scratch) / (basename(uri) or "storage")
+    _SOURCES[local.resolve()] = uri
+    for info in files:
+        target = local / info.path[len(root) + 1:]
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with fs.open_input_stream(info.path) as f:
+            target.write_bytes(f.read())
+        if info.mtime_ns is not None:
+            os.utime(target, ns=(info.mtime_ns, info.mtime_ns))
+    return local
+
+
 def find_experiments(path: str | Path) -> list[Path]:
-    """The experiment directories at ``path``: itself if it is one, else the ones directly inside it."""
-    path = Path(path)
+    """The experiment directories at ``path``: itself if it is one, else the ones directly inside it. A URI
+    (s3://BUCKET/PREFIX/NAME) is read from a local copy of its JSON/CSV files (:func:`download`)."""
+    path = download(path) if is_uri(path) else Path(path)
     if not path.is_dir():
         raise FileNotFoundError(f"no such experiment or storage directory: {path}")
     if (path / HEADER_FILE).is_file() or any(path.glob(STATE_GLOB)):
@@ -185,6 +255,8 @@ def find_experiments(path: str | Path) -> list[Path]:
 
 def latest_experiment(storage: str | Path | None = None) -> Path:
     """The most recently written experiment directory in ``storage`` (default: :func:`default_storage`)."""
+    if is_uri(storage):
+        storage = download(storage)
     storage = Path(storage) if storage is not None else default_storage()
     if not storage.is_dir():
         raise FileNotFoundError(f"no sweep results: storage {storage} does not exist (run `python tune.py` first)")
@@ -375,7 +447,7 @@ def read_experiment(path: str | Path) -> Experiment:
         trials.append(TrialRecord(experiment=path.name, trial_id=str(trial.get("trial_id", logdir)),
                                   dirname=logdir, params=params, ray_status=trial.get("status"),
                                   max_epochs=max_epochs))
-    return Experiment(path=path, header=header, trials=trials)
+    return Experiment(path=path, header=header, trials=trials, source=source_of(path))
 
 
 def load_experiments(paths: list[str | Path] | None = None, storage: str | Path | None = None) -> list[Experiment]:

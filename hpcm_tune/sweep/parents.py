@@ -92,7 +92,9 @@ class Parent:
 
     @property
     def name(self) -> str:
-        return Path(self.path).name
+        from hpcm_tune.sweep.launcher import basename
+
+        return basename(self.path)  # a URI's query (?endpoint_override=...) is no part of it
 
     @property
     def epochs(self) -> int:
@@ -207,25 +209,38 @@ def _local(path: str) -> Path | None:
     return None if "://" in path else Path(path)
 
 
-def copy_tree(source: str, destination: str) -> None:
-    """Copy a directory between a local path and a URI (s3://, gs://, file://) or between two of either."""
+def _fs(path: str) -> tuple[Any, str]:
     import pyarrow.fs
 
-    def fs(path: str) -> tuple[Any, str]:
-        if "://" in path:
-            return pyarrow.fs.FileSystem.from_uri(path)
-        return pyarrow.fs.LocalFileSystem(), str(Path(path).resolve())
+    if "://" in path:
+        return pyarrow.fs.FileSystem.from_uri(path)  # the URI's query (?endpoint_override=...) configures it
+    return pyarrow.fs.LocalFileSystem(), str(Path(path).resolve())
 
-    (src_fs, src), (dst_fs, dst) = fs(source), fs(destination)
+
+def copy_tree(source: str, destination: str, prune: str | None = None) -> None:
+    """Copy a directory between a local path and a URI (s3://, gs://, file://) or between two of either. With
+    ``prune`` (a sub-folder, e.g. "checkpoints"), the folders directly under ``destination/prune`` that the
+    source no longer has are deleted: the upload mirrors a checkpoint folder the engine keeps short."""
+    import pyarrow.fs
+
+    (src_fs, src), (dst_fs, dst) = _fs(source), _fs(destination)
     dst_fs.create_dir(dst, recursive=True)
     pyarrow.fs.copy_files(src, dst, source_filesystem=src_fs, destination_filesystem=dst_fs)
+    if prune is None:
+        return
+    keep = {i.base_name for i in src_fs.get_file_info(pyarrow.fs.FileSelector(f"{src}/{prune}", allow_not_found=True))}
+    for info in dst_fs.get_file_info(pyarrow.fs.FileSelector(f"{dst}/{prune}", allow_not_found=True)):
+        if info.type == pyarrow.fs.FileType.Directory and info.base_name not in keep:
+            dst_fs.delete_dir(info.path)
 
 
 def fetch(path: str, scratch: str | Path) -> str:
     """A local directory holding ``path``: the path itself, or a copy of a URI under ``scratch``."""
+    from hpcm_tune.sweep.launcher import basename
+
     if _local(path) is not None:
         return path
-    local = Path(scratch) / Path(path.rstrip("/")).name
+    local = Path(scratch) / basename(path)
     copy_tree(path, str(local))
     return str(local)
 
@@ -338,7 +353,7 @@ def train_parent(parent: Parent) -> dict[str, Any]:
         with results.open("a") as f:
             f.write(json.dumps(dict(m)) + "\n")
         if remote is not None:
-            copy_tree(str(local), remote)
+            copy_tree(str(local), remote, prune="checkpoints")
         psnr, bpp = m.get(metrics.EVAL_PSNR, float("nan")), m.get(metrics.EVAL_BPP, float("nan"))
         _print(f"[parent {parent.name}] epoch {int(m[metrics.EPOCH])}/{total}  loss {m[metrics.TRAIN_LOSS]:.4g}  "
                f"eval psnr {psnr:.2f} dB  bpp {bpp:.4f}  ({time.monotonic() - start:.0f} s)")
@@ -368,7 +383,7 @@ def train_parent(parent: Parent) -> dict[str, Any]:
     if remote is not None:
         from hpcm_tune.sweep.launcher import join, write_json
 
-        copy_tree(str(local), remote)
+        copy_tree(str(local), remote, prune="checkpoints")
         write_json(join(remote, DONE_FILE), done)  # last: the upload is complete
         shutil.rmtree(local, ignore_errors=True)
         return done
@@ -383,9 +398,7 @@ def _remove(parent: Parent) -> None:
     if local is not None and local.exists():
         shutil.rmtree(local)
     elif local is None:
-        import pyarrow.fs
-
-        fs, path = pyarrow.fs.FileSystem.from_uri(parent.path)
+        fs, path = _fs(parent.path)
         fs.delete_dir(path)
 
 
