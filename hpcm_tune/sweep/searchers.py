@@ -279,7 +279,8 @@ class PrunedOptunaSearch(OptunaSearch):
             super().on_trial_complete(trial_id, result=result, error=error)
             return
         step = int(result.get(TRAINING_ITERATION, result[metrics.EPOCH]))
-        ot_trial.report(float(result[self.metric]), step)
+        if step not in ot_trial.storage.get_trial(ot_trial._trial_id).intermediate_values:  # else Optuna warns
+            ot_trial.report(float(result[self.metric]), step)
         self._ot_study.tell(ot_trial, state=TrialState.PRUNED)
         self._completed_trials.add(trial_id)
         self.pruned.append(trial_id)
