@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -58,7 +59,16 @@ def test_dry_run_lists_trial_configs(capsys, tmp_path):
     assert cli.main(["--space", "objectives", "--dry-run", "--set", "preset=tiny", "--storage", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert "20 trials" in out and "'label': 'hierarchical'" in out
-    assert "4 parent(s)" in out and out.count(": missing; 30 epochs, objective standard") == 4
+    epochs = _preset_parent_epochs("objectives")
+    assert "4 parent(s)" in out and out.count(f": missing; {epochs} epochs, objective standard") == 4
+
+
+def _preset_parent_epochs(name):
+    """The parent length written in a preset (the dry run must show the file's number, whatever it is)."""
+    import yaml
+
+    path = Path(__file__).resolve().parents[2] / "search_spaces" / f"{name}.yaml"
+    return yaml.safe_load(path.read_text())["parent"]["epochs"]
 
 
 def test_flag_overrides_reach_the_space():
