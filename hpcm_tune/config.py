@@ -35,21 +35,37 @@ from hpcm_tune.schedules import LR_SCHEDULES, STRATEGIES
 DEFAULT_WEIGHTING: dict[str, str] = {"standard": "standard", "balanced": "famo", "hierarchical": "hierarchical"}
 
 
-def _registry_names(module: str, attribute: str) -> tuple[str, ...] | None:
-    """The valid names of another module's registry (or dict), or None while that module does not exist yet."""
+# FAMO's two ways of measuring a step's improvement (hpcm_tune.weighting.famo): the same batch re-evaluated after
+# the step (exact FAMO) or the next batch (cheaper, noisier).
+UPDATE_MODES: tuple[str, ...] = ("same_batch", "next_batch")
+
+# The one rule for scale_weights (sweeps, hand runs and the weighting alike): three numbers > 0, one per scale
+# (s1, s2, s3), that sum to 1 within this tolerance (a simplex draw rounded to 6 decimals, or [0.33, 0.33, 0.34],
+# passes; [2, 4, 4] does not). They are kept as given; the hierarchical prior divides by their sum.
+SCALE_WEIGHTS_SUM_TOLERANCE = 1e-3
+
+
+class ConfigError(ValueError):
+    """A bad value of one run key: ``key``, ``value`` and ``allowed`` (what the key accepts), for callers that
+    word the message themselves (the sweep names the file); ``str()`` is "key: got value; allowed: ..."."""
+
+    def __init__(self, key: str, value: Any, allowed: str) -> None:
+        self.key, self.value, self.allowed = key, value, allowed
+        super().__init__(f"{key}: got {excerpt(value)}; allowed: {allowed}")
+
+
+def _registry_names(module: str, attribute: str) -> tuple[str, ...]:
+    """The valid names of a registry (or dict) owned by a module that imports torch, imported on first use so
+    that this module stays importable without it. A failing import is an error, never "any name"."""
     import importlib
 
-    try:
-        table = getattr(importlib.import_module(module), attribute)
-    except (ImportError, AttributeError):
-        return None
+    table = getattr(importlib.import_module(module), attribute)
     return tuple(table.names()) if isinstance(table, Registry) else tuple(table)
 
 
-def _check_choice(key: str, value: Any, allowed: tuple[str, ...] | None) -> str:
-    if not isinstance(value, str) or (allowed is not None and value not in allowed):
-        shown = ", ".join(allowed) if allowed is not None else "a name"
-        raise ValueError(f"{key}: got {excerpt(value)}; allowed: {shown}")
+def _check_choice(key: str, value: Any, allowed: tuple[str, ...]) -> str:
+    if not isinstance(value, str) or value not in allowed:
+        raise ConfigError(key, value, ", ".join(allowed))
     return value
 
 
@@ -64,18 +80,18 @@ def _number(key: str, value: Any, *, low: float | None = None, low_open: bool = 
         with contextlib.suppress(ValueError):
             value = float(value)
     if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(float(value)):
-        raise ValueError(f"{key}: got {excerpt(original)}; allowed: a finite number{what}")
+        raise ConfigError(key, original, f"a finite number{what}")
     value = float(value)
     if low is not None and (value < low or (low_open and value == low)):
-        raise ValueError(f"{key}: got {excerpt(original)}; allowed: a finite number{what}")
+        raise ConfigError(key, original, f"a finite number{what}")
     if high is not None and value > high:
-        raise ValueError(f"{key}: got {excerpt(original)}; allowed: a finite number{what}")
+        raise ConfigError(key, original, f"a finite number{what}")
     return value
 
 
 def _integer(key: str, value: Any, *, low: int, what: str = "") -> int:
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or int(value) < low:
-        raise ValueError(f"{key}: got {excerpt(value)}; allowed: an integer >= {low}{what}")
+        raise ConfigError(key, value, f"an integer >= {low}{what}")
     return int(value)
 
 
@@ -83,14 +99,28 @@ def _boolean(key: str, value: Any) -> bool:
     if type(value).__module__ == "numpy" and type(value).__name__ in ("bool_", "bool"):
         value = bool(value)  # a searcher may hand numpy booleans
     if not isinstance(value, bool):
-        raise ValueError(f"{key}: got {excerpt(value)}; allowed: true or false")
+        raise ConfigError(key, value, "true or false")
     return value
 
 
 def _string(key: str, value: Any, *, empty_ok: bool = True) -> str:
     if not isinstance(value, str) or (not empty_ok and not value):
-        raise ValueError(f"{key}: got {excerpt(value)}; allowed: a {'' if empty_ok else 'non-empty '}string")
+        raise ConfigError(key, value, f"a {'' if empty_ok else 'non-empty '}string")
     return value
+
+
+def check_scale_weights(value: Any, key: str = "scale_weights") -> tuple[float, float, float]:
+    """The scale_weights rule (SCALE_WEIGHTS_SUM_TOLERANCE): the three weights as floats, or ConfigError."""
+    allowed = f"three numbers > 0 (s1, s2, s3) summing to 1 (within {SCALE_WEIGHTS_SUM_TOLERANCE:g})"
+    if isinstance(value, str | bytes) or not hasattr(value, "__len__") or len(value) != 3:
+        raise ConfigError(key, value, allowed)
+    try:
+        weights = tuple(_number(key, w, low=0.0, low_open=True) for w in value)
+    except ValueError:
+        raise ConfigError(key, value, allowed) from None
+    if abs(sum(weights) - 1.0) > SCALE_WEIGHTS_SUM_TOLERANCE:
+        raise ConfigError(key, value, f"{allowed}; these sum to {sum(weights):.6g}")
+    return weights  # type: ignore[return-value]
 
 
 def _set(obj: Any, name: str, value: Any) -> None:
@@ -138,11 +168,22 @@ class ObjectiveConfig:
 
 @dataclass(frozen=True)
 class WeightingConfig:
-    """The task weighting (FAMO adapted as in Balanced-RD; hierarchical: 5 tasks with scale gammas).
+    """The task weighting (FAMO adapted as in Balanced-RD; hierarchical: 5 tasks with scale gammas): the one
+    definition of its options and their defaults. ``hpcm_tune.weighting`` methods take this object; each ignores
+    the options it has no use for, so one flat run config serves all of them.
 
-    ``name`` None follows the objective (DEFAULT_WEIGHTING); RunConfig resolves it. ``gamma`` is the single
-    logit L2 coefficient of ``famo`` (the balanced grid of DESIGN.md §7); None: the mean of the scale gammas.
-    Scale weights are normalised by the weighting (with a warning) when they do not sum to 1.
+    - ``name``: None follows the objective (DEFAULT_WEIGHTING); RunConfig resolves it.
+    - ``w_lr``: Adam learning rate of the logits (FAMO, default 0.025).
+    - ``gamma_s1``, ``gamma_s2``, ``gamma_s3``: L2 coefficients of the logits per scale (hierarchical).
+    - ``gamma``: the single logit L2 coefficient of ``famo`` (the balanced grid of DESIGN.md §7); None: the mean
+      of the scale gammas.
+    - ``scale_weights``: scale importance [s1, s2, s3] for the prior p (check_scale_weights: three numbers > 0
+      summing to 1).
+    - ``min_loss``: m in log(L_i - m + eps) for every task. -1 (Balanced-RD) keeps lambda's role only while
+      lambda*D <~ 1; 0 cancels lambda from the gradient; a large negative value gives the plain loss with an
+      adaptive weight (docs/architecture.md, "The effective lambda").
+    - ``update_mode``: UPDATE_MODES, same_batch (exact FAMO) or next_batch (cheaper, noisier).
+    - ``warmup_epochs``: epochs trained on the plain R-D loss before the weighting weighs and adapts.
     """
 
     name: str | None = field(default=None, metadata={"key": "weighting"})
@@ -164,23 +205,25 @@ class WeightingConfig:
             _set(self, key, _number(key, getattr(self, key), low=0.0, what=" >= 0"))
         if self.gamma is not None:
             _set(self, "gamma", _number("gamma", self.gamma, low=0.0, what=" >= 0 or null (mean of the scale gammas)"))
-        weights = self.scale_weights
-        allowed = "three numbers > 0 (s1, s2, s3)"
-        if isinstance(weights, str | bytes) or not hasattr(weights, "__len__") or len(weights) != 3:
-            raise ValueError(f"scale_weights: got {excerpt(weights)}; allowed: {allowed}")
-        try:
-            values = tuple(_number("scale_weights", w, low=0.0, low_open=True) for w in weights)
-        except ValueError:
-            raise ValueError(f"scale_weights: got {excerpt(weights)}; allowed: {allowed}") from None
-        _set(self, "scale_weights", values)
+        _set(self, "scale_weights", check_scale_weights(self.scale_weights))
         _set(self, "min_loss", _number("min_loss", self.min_loss))
-        _check_choice("update_mode", self.update_mode, _registry_names("hpcm_tune.weighting", "UPDATE_MODES"))
+        _check_choice("update_mode", self.update_mode, UPDATE_MODES)
         _set(self, "warmup_epochs", _integer("weighting_warmup_epochs", self.warmup_epochs, low=0,
                                              what=" (epochs on the plain R-D loss before the weighting starts)"))
 
     @property
     def gammas(self) -> tuple[float, float, float]:
+        """The scale gammas (s1, s2, s3)."""
         return (self.gamma_s1, self.gamma_s2, self.gamma_s3)
+
+    @classmethod
+    def from_options(cls, **options: Any) -> WeightingConfig:
+        """From keyword options named by the fields (``None``: the default); an unknown one raises listing them."""
+        allowed = [f.name for f in fields(cls)]
+        unknown = sorted(set(options) - set(allowed))
+        if unknown:
+            raise ValueError(f"unknown weighting option(s) {unknown}; allowed: {', '.join(allowed)}")
+        return cls(**{k: v for k, v in options.items() if v is not None})
 
 
 @dataclass(frozen=True)
@@ -231,7 +274,7 @@ class DataConfig:
         _set(self, "batch_size", _integer("batch_size", self.batch_size, low=1))
         _set(self, "patch_size", _integer("patch_size", self.patch_size, low=16))
         if self.patch_size % 16:
-            raise ValueError(f"patch_size: got {self.patch_size!r}; allowed: a multiple of 16 (HPCM's stride), >= 16")
+            raise ConfigError("patch_size", self.patch_size, "a multiple of 16 (HPCM's stride), >= 16")
         _set(self, "num_workers", _integer("num_workers", self.num_workers, low=0))
         _set(self, "eval_max_images", _integer("eval_max_images", self.eval_max_images, low=0, what=" (0: all)"))
 
@@ -265,7 +308,7 @@ class RunSection:
             device in ("auto", "cpu", "cuda") or (device.startswith("cuda:") and device[5:].isdigit())
         )
         if not ok:
-            raise ValueError(f"device: got {excerpt(device)}; allowed: auto, cpu, cuda, cuda:N")
+            raise ConfigError("device", device, "auto, cpu, cuda, cuda:N")
         for key in ("amp", "compile", "channels_last"):
             _set(self, key, _boolean(key, getattr(self, key)))
         _set(self, "max_nonfinite", _integer("max_nonfinite", self.max_nonfinite, low=1))
@@ -372,6 +415,17 @@ class RunConfig:
         return RunConfig.from_dict({**self.to_dict(), **flat})
 
 
+def check_value(key: str, value: Any) -> Any:
+    """One flat key's value checked by the rule of its section (the same code RunConfig runs), returned
+    normalised (e.g. a number given as the string "1e-4" becomes a float, scale_weights a tuple); a bad value
+    raises ConfigError, an unknown key ValueError. For checks of one value at a time (the sweep's fixed values
+    and domain bounds) before a whole config exists."""
+    if key not in FLAT_KEYS:
+        raise ValueError(f"{key}: unknown key; allowed: {', '.join(sorted(FLAT_KEYS))}")
+    section, name = FLAT_KEYS[key]
+    return getattr(SECTIONS[section](**{name: value}), name)
+
+
 def to_flat(d: Mapping[str, Any]) -> dict[str, Any]:
     """Only the keys ``d`` gives, nested sections turned into flat keys (no defaults added, values unchecked):
     for layering configs (file, then flags, then --set) before ``RunConfig.from_dict`` checks the result."""
@@ -400,6 +454,9 @@ def flat_defaults() -> dict[str, Any]:
 
 __all__ = [
     "DEFAULT_WEIGHTING",
+    "SCALE_WEIGHTS_SUM_TOLERANCE",
+    "UPDATE_MODES",
+    "ConfigError",
     "FLAT_KEYS",
     "SECTIONS",
     "DataConfig",
@@ -411,6 +468,8 @@ __all__ = [
     "RunSection",
     "ScheduleConfig",
     "WeightingConfig",
+    "check_scale_weights",
+    "check_value",
     "flat_defaults",
     "to_flat",
 ]

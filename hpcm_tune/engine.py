@@ -206,11 +206,7 @@ class Engine:
         # Every objective accepts decomposition (only hierarchical splits by it), so no branching on the name.
         self.objective = build_objective(o.name, o.lmbda, distortion=o.distortion, decomposition=o.decomposition)
         self.task_names = tuple(self.objective.task_names)
-        w = config.weighting
-        self.weighting = build_weighting(
-            w.name, self.task_names, w_lr=w.w_lr, gamma=w.gamma, gamma_s1=w.gamma_s1, gamma_s2=w.gamma_s2,
-            gamma_s3=w.gamma_s3, scale_weights=w.scale_weights, min_loss=w.min_loss, update_mode=w.update_mode,
-        )
+        self.weighting = build_weighting(config.weighting.name, self.task_names, config.weighting)
         self.gamma_state = make_state(config.schedule.gamma_strategy)
         self.optimizer = build_optimizer(config.optimizer.name, self.model.parameters(), config.optimizer.lr)
         self.architecture = architecture_fingerprint(self.model.state_dict())

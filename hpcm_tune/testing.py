@@ -13,6 +13,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from hpcm_tune.config import WeightingConfig
 from hpcm_tune.metrics import LIKELIHOOD_KEYS
 
 
@@ -173,6 +174,7 @@ def fake_rd_metrics(config: dict, epoch: int, psnr_offset: float = 0.0, rate_fac
     """
     from hpcm_tune import metrics as m
 
+    defaults = WeightingConfig()  # the run config's defaults, for keys the trial config leaves out
     lmbda = float(config.get("lmbda", 0.0067))
     epochs = max(int(config.get("epochs", 10)), 1)
     seed = int(config.get("seed", 0))
@@ -201,7 +203,7 @@ def fake_rd_metrics(config: dict, epoch: int, psnr_offset: float = 0.0, rate_fac
         out[m.eval_image_metric(image, "psnr")] = psnr + image_psnr_offset(i, len(images))
         out[m.eval_image_metric(image, "bpp")] = bpp * image_rate_factor(i, len(images))
     # z = softmax(w + log p) with p from the scale weights (DESIGN.md §3), logits w drifting with training.
-    prior = np.array(config.get("scale_weights", (0.3, 0.4, 0.3)), dtype=np.float64)
+    prior = np.array(config.get("scale_weights", defaults.scale_weights), dtype=np.float64)
     log_p = np.log([prior[m.SCALES.index(m.TASK_SCALE[t])] / sum(m.TASK_SCALE[u] == m.TASK_SCALE[t]
                                                                   for u in m.TASKS) for t in m.TASKS])
     logits = np.array([0.3, -0.2, 0.1, 0.0, -0.2]) * progress * (1.0 + 0.2 * (seed % 3)) + log_p
@@ -211,7 +213,8 @@ def fake_rd_metrics(config: dict, epoch: int, psnr_offset: float = 0.0, rate_fac
     for scale in m.SCALES:
         out[m.SCALE_CONTRIB[scale]] = float(sum(w for t, w in zip(m.TASKS, weights, strict=True)
                                                 if m.TASK_SCALE[t] == scale))
-        out[m.GAMMA[scale]] = float(config.get(f"gamma_{scale}", 0.006)) * (1.0 - 0.5 * progress)
+        out[m.GAMMA[scale]] = float(config.get(f"gamma_{scale}", getattr(defaults, f"gamma_{scale}"))) \
+            * (1.0 - 0.5 * progress)
     return out
 
 
@@ -331,7 +334,7 @@ class FakeEngine:
     ``on_epoch(metrics, checkpoint_dir)`` after every remaining epoch (metrics of ``fake_rd_metrics``).
 
     The R-D point depends on the searched keys like a real sweep's would: PSNR drops with the squared log
-    distance of each gamma from 0.005 and with the distance of scale_weights from [0.3, 0.4, 0.3]; a small
+    distance of each gamma from 0.005 and with the distance of scale_weights from the default ones; a small
     gamma_s1 converges faster (so early and final rankings differ). Test hooks, keys prefixed ``_fake_``:
     ``_fake_epoch_seconds`` (sleep per epoch), ``_fake_fail_epoch`` (raise at that epoch; with
     ``_fake_fail_once_dir`` only the first time, so a retry from the checkpoint succeeds), ``_fake_nan_epoch``
@@ -353,8 +356,9 @@ class FakeEngine:
         for scale in ("s1", "s2", "s3"):
             g = float(c.get(f"gamma_{scale}", 0.005))
             offset -= 0.3 * math.log(max(g, 1e-6) / 0.005) ** 2
-        w = c.get("scale_weights", [0.3, 0.4, 0.3])
-        offset -= 4.0 * sum((float(a) - b) ** 2 for a, b in zip(w, (0.3, 0.4, 0.3), strict=True))
+        best = WeightingConfig().scale_weights  # the landscape's optimum is the default (hpcm_tune.config)
+        w = c.get("scale_weights", best)
+        offset -= 4.0 * sum((float(a) - b) ** 2 for a, b in zip(w, best, strict=True))
         speed = 1.0 + 0.5 * math.log(0.02 / max(float(c.get("gamma_s1", 0.005)), 1e-6))
         return offset, max(speed, 0.2)
 

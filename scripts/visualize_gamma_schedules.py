@@ -19,10 +19,11 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from hpcm_tune.config import WeightingConfig  # noqa: E402
 from hpcm_tune.metrics import SCALES  # noqa: E402
 from hpcm_tune.schedules import HIERARCHICAL_PHASES, AdaptiveGamma, gamma_multipliers  # noqa: E402
-from hpcm_tune.weighting.base import DEFAULT_SCALE_GAMMAS  # noqa: E402
 
+DEFAULT_SCALE_GAMMAS = WeightingConfig().gammas  # the run config's defaults
 ORDER = ("fixed", "linear", "cosine", "adaptive", "hierarchical")
 COLORS = {"s1": "tab:blue", "s2": "tab:orange", "s3": "tab:green"}
 LABELS = {"s1": "s1 (coarse, 1/16 of y)", "s2": "s2 (3/16 of y)", "s3": "s3 (fine, 12/16 of y, + z)"}

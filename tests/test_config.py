@@ -5,8 +5,12 @@ import pytest
 
 from hpcm_tune.config import (
     FLAT_KEYS,
+    SCALE_WEIGHTS_SUM_TOLERANCE,
+    ConfigError,
     OptimizerConfig,
     RunConfig,
+    check_scale_weights,
+    check_value,
     flat_defaults,
 )
 from hpcm_tune.schedules import OFFICIAL_LR_STEPS
@@ -161,3 +165,40 @@ def test_importing_the_config_loads_neither_torch_nor_ray():
             "print(heavy); sys.exit(1 if heavy else 0)")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_a_failing_registry_import_is_an_error_never_any_name(monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "hpcm_tune.optim", None)  # importing it now raises ImportError
+    with pytest.raises(ImportError):
+        OptimizerConfig(name="anything")
+
+
+def test_check_value_is_the_rule_of_the_keys_section():
+    assert check_value("lr", "1e-4") == 1e-4 and check_value("scale_weights", [0.2, 0.3, 0.5]) == (0.2, 0.3, 0.5)
+    for key, value, allowed in (("gamma_s1", -0.1, "a finite number >= 0"), ("patch_size", 50, "a multiple of 16"),
+                                ("update_mode", "every_batch", "same_batch, next_batch"),
+                                ("gamma_strategy", "wavy", "fixed, linear")):
+        with pytest.raises(ConfigError, match=f"^{key}: got") as info:
+            check_value(key, value)
+        assert info.value.key == key and info.value.value == value and allowed in info.value.allowed
+        with pytest.raises(ValueError, match=f"^{key}: got"):  # the whole config: the same rule, the same words
+            RunConfig.from_dict({key: value})
+    with pytest.raises(ValueError, match="lamda: unknown key"):
+        check_value("lamda", 0.1)
+
+
+@pytest.mark.parametrize("weights", [[2, 4, 4], [0.5, 0.5, 0.5], [0.3, 0.3, 0.3], [0.5, 0.5, 0.0], [0.5, 0.5],
+                                     "0.3 0.4 0.3", [0.3, float("nan"), 0.7]])
+def test_scale_weights_have_one_rule(weights):
+    with pytest.raises(ConfigError, match=r"allowed: three numbers > 0 \(s1, s2, s3\) summing to 1"):
+        check_scale_weights(weights)
+    with pytest.raises(ValueError, match="^scale_weights: got"):
+        RunConfig.from_dict({"scale_weights": weights})
+
+
+def test_scale_weights_within_the_tolerance_are_kept_as_given():
+    for weights in ([0.33, 0.33, 0.34], [0.333334, 0.333333, 0.333334], (0.2, 0.3, 0.5)):
+        assert RunConfig.from_dict({"scale_weights": weights}).weighting.scale_weights == tuple(weights)
+    assert SCALE_WEIGHTS_SUM_TOLERANCE == 1e-3

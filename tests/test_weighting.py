@@ -9,6 +9,7 @@ import math
 import pytest
 import torch
 
+from hpcm_tune.config import WeightingConfig
 from hpcm_tune.metrics import SCALES, TASK_SCALE, TASKS
 from hpcm_tune.testing import ToyMultiTask, ToyRateDistortion
 from hpcm_tune.weighting import FAMO, WEIGHTINGS, HierarchicalFAMO, build_weighting
@@ -88,10 +89,16 @@ def test_bad_options_name_the_key(options: dict, key: str) -> None:
         build_weighting("hierarchical", TASKS, **options)
 
 
-def test_scale_weights_are_normalized_with_a_warning() -> None:
-    with pytest.warns(UserWarning, match="normalized"):
-        w = build_weighting("hierarchical", TASKS, scale_weights=[2, 4, 4])
+def test_scale_weights_follow_the_one_rule_of_the_run_config() -> None:
+    """The weighting takes the run config's section, so its scale_weights rule is config.check_scale_weights
+    (three numbers > 0 summing to 1), the rule sweeps and hand runs follow: [2, 4, 4] is refused, not normalized."""
+    with pytest.raises(ValueError, match=r"scale_weights: got \[2, 4, 4\]; allowed: three numbers > 0 .* summing to 1"):
+        build_weighting("hierarchical", TASKS, scale_weights=[2, 4, 4])
+    w = build_weighting("hierarchical", TASKS, WeightingConfig(scale_weights=(0.2, 0.4, 0.4)))
     assert w.config.scale_weights == pytest.approx((0.2, 0.4, 0.4))
+    assert list(w.weights().values()) == pytest.approx([0.1, 0.1, 0.2, 0.2, 0.4])
+    with pytest.raises(ValueError, match="not both"):
+        build_weighting("hierarchical", TASKS, WeightingConfig(), w_lr=0.1)
 
 
 def test_hierarchical_needs_scale_tasks_and_famo_two_tasks() -> None:
@@ -491,7 +498,8 @@ def test_standard_coefficients_are_one() -> None:
 
 @pytest.mark.parametrize("min_loss", [-1.0, 0.0, (-1.0, -0.5)])
 def test_famo_coefficients_by_hand(min_loss) -> None:
-    weighting = _moved_famo(min_loss=min_loss)
+    per_task = isinstance(min_loss, tuple)  # one m_i per task: a weighting option beyond the run config's one m
+    weighting = _moved_famo(**({"task_min_loss": min_loss} if per_task else {"min_loss": min_loss}))
     z = weighting.weights()
     m = dict(zip(("distortion", "bpp"), min_loss if isinstance(min_loss, tuple) else (min_loss, min_loss)))
     losses = {"distortion": 35.0, "bpp": 0.25}

@@ -25,15 +25,8 @@ from typing import Any
 import yaml
 
 from hpcm_tune import metrics
+from hpcm_tune.config import FLAT_KEYS, ConfigError, RunConfig, check_value, flat_defaults
 
-# Flat RunConfig keys (docs/architecture.md). Used until hpcm_tune.config exists; afterwards the keys of
-# RunConfig().to_dict() are the authority (see known_config_keys()).
-CONTRACT_CONFIG_KEYS: tuple[str, ...] = (
-    "preset", "objective", "weighting", "decomposition", "distortion", "lmbda", "w_lr", "gamma_s1", "gamma_s2",
-    "gamma_s3", "scale_weights", "min_loss", "update_mode", "gamma_strategy", "clip_max_norm", "lr",
-    "lr_schedule", "batch_size", "patch_size", "epochs", "steps_per_epoch", "eval_interval", "codec_interval",
-    "seed", "device", "amp", "compile", "data", "num_workers", "study", "label",
-)
 # Keys a file sets through its own fields, never in fixed/params/configurations.
 RESERVED_KEYS: frozenset[str] = frozenset({"study", "label"})
 # Prefix of the search internals (the raw draws behind a simplex); ignored by training and analysis.
@@ -41,7 +34,6 @@ INTERNAL_PREFIX = "_"
 # The key whose value splits trials into groups that are never compared (different lambda = different loss).
 LAMBDA_KEY = "lmbda"
 SEED_KEY = "seed"
-GAMMA_KEYS: tuple[str, ...] = tuple(f"gamma_{scale}" for scale in metrics.SCALES)
 EPOCHS_KEY = "epochs"
 
 TOP_LEVEL_KEYS: frozenset[str] = frozenset({
@@ -100,15 +92,8 @@ class SpaceError(ValueError):
 
 
 def known_config_keys() -> frozenset[str]:
-    """The flat RunConfig keys: from hpcm_tune.config when it exists, else the architecture contract."""
-    try:
-        from hpcm_tune.config import RunConfig
-    except ImportError:
-        return frozenset(CONTRACT_CONFIG_KEYS)
-    try:
-        return frozenset(RunConfig().to_dict()) | RESERVED_KEYS
-    except Exception:  # RunConfig may need arguments; the contract list is then the best we know
-        return frozenset(CONTRACT_CONFIG_KEYS)
+    """The flat RunConfig keys (hpcm_tune.config.FLAT_KEYS, the one table of them)."""
+    return frozenset(FLAT_KEYS) | RESERVED_KEYS
 
 
 def _is_number(v: Any) -> bool:
@@ -433,21 +418,14 @@ def _jsonable(v: Any) -> Any:
 
 
 def _check_value(source: str, key: str, value: Any) -> None:
-    """Sign and shape checks for values whose meaning we know (the rest is RunConfig's job)."""
-    if key in GAMMA_KEYS or key == "gamma":
-        if not _is_number(value) or value < 0:
-            raise SpaceError(source, key, value, "gammas must be finite numbers >= 0")
-    elif key in (LAMBDA_KEY, "w_lr", "lr"):
-        if not _is_number(value) or value <= 0:
-            raise SpaceError(source, key, value, "must be a finite number > 0")
-    elif key == "scale_weights":
-        if (not isinstance(value, list | tuple) or len(value) != len(metrics.SCALES)
-                or not all(_is_number(w) and w >= 0 for w in value)):
-            raise SpaceError(source, key, value, f"must be {len(metrics.SCALES)} numbers >= 0 (one per scale)")
-        if abs(sum(value) - 1.0) > 1e-3:
-            raise SpaceError(source, key, value, f"weights must sum to 1 (sum is {sum(value):.6g})")
-    elif key in (EPOCHS_KEY, "steps_per_epoch", "batch_size", "eval_interval") and (not _is_int(value) or value < 1):
-        raise SpaceError(source, key, value, "must be an integer >= 1")
+    """One value of a config key, by RunConfig's own rule for that key (hpcm_tune.config.check_value: its
+    section's check); keys that are not config keys (test hooks, internals) are left alone."""
+    if key not in FLAT_KEYS:
+        return
+    try:
+        check_value(key, value)
+    except ConfigError as exc:
+        raise SpaceError(source, key, value, f"allowed: {exc.allowed}") from None
 
 
 def _check_domain(source: str, key: str, dom: Domain) -> None:
@@ -569,8 +547,6 @@ def _validate_parent(space: SearchSpace) -> None:
 def parent_key(config: Mapping[str, Any]) -> str:
     """The parent a flat trial config starts from: JSON of its PARENT_MATCH_KEYS values (defaults filled in,
     lambda as a float), the same string in the driver and in the trial."""
-    from hpcm_tune.config import flat_defaults
-
     defaults = flat_defaults()
     values = []
     for key in PARENT_MATCH_KEYS:
@@ -613,10 +589,6 @@ def training_config(config: Mapping[str, Any]) -> dict[str, Any]:
 def check_with_run_config(space: SearchSpace) -> None:
     """Build the validation configs (validation_configs) and the parents with RunConfig.from_dict, so a value
     the engine would refuse fails here, naming the file, before any trial starts."""
-    try:
-        from hpcm_tune.config import RunConfig
-    except ImportError:
-        return
     for cfg in validation_configs(space):
         try:
             RunConfig.from_dict(training_config(cfg))

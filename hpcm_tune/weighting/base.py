@@ -1,4 +1,7 @@
-"""The small interface every task-weighting method offers the training engine, and its validated options.
+"""The small interface every task-weighting method offers the training engine.
+
+Options come as ``hpcm_tune.config.WeightingConfig``, the run config's weighting section: their types, ranges and
+defaults are defined there once (``UPDATE_MODES`` too), for sweeps, hand runs and this package alike.
 
 Per training step the engine calls, never branching on the method:
 ``loss = w.loss(task_losses)``; ``loss.backward()``; clip; ``optimizer.step()``;
@@ -9,21 +12,19 @@ after the step, without gradient and with the same quantization noise. Only meth
 from __future__ import annotations
 
 import math
-import warnings
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, fields
 
 import torch
 
+from hpcm_tune.config import WeightingConfig
 from hpcm_tune.metrics import SCALES, TASK_SCALE
 
 TaskLosses = Mapping[str, torch.Tensor]
 Reevaluate = Callable[[], TaskLosses]
 
-UPDATE_MODES: tuple[str, ...] = ("same_batch", "next_batch")
-DEFAULT_SCALE_WEIGHTS: tuple[float, float, float] = (0.3, 0.4, 0.3)
-DEFAULT_SCALE_GAMMAS: tuple[float, float, float] = (0.008, 0.006, 0.004)
+# FAMO's eps in log(L_i - m_i + eps): an implementation constant, not a run key.
+DEFAULT_EPS = 1e-8
 
 
 def _number(key: str, value: object, *, low: float | None = None, low_open: bool = False) -> float:
@@ -34,81 +35,31 @@ def _number(key: str, value: object, *, low: float | None = None, low_open: bool
     return float(value)
 
 
-@dataclass(frozen=True)
-class WeightingConfig:
-    """Options shared by all weighting methods; a method ignores those it has no use for, so one flat run
-    config serves all of them (the original design's names: w_lr, gamma_s1..3, scale_weights).
-
-    - ``w_lr``: Adam learning rate of the logits (FAMO, default 0.025).
-    - ``gamma_s1``, ``gamma_s2``, ``gamma_s3``: L2 coefficients of the logits per scale (hierarchical).
-    - ``gamma``: the one L2 coefficient of ``famo``; ``None`` = mean of the three scale gammas.
-    - ``scale_weights``: scale importance [s1, s2, s3] for the prior p (three positive values; normalized
-      with a warning if they do not sum to 1).
-    - ``min_loss``: m_i in log(L_i - m_i + eps), one value or one per task. -1 (Balanced-RD) keeps lambda's
-      role only while lambda*D <~ 1: the model follows grad R + lambda_eff grad D with, for two tasks,
-      lambda_eff = lambda (z_D / z_R) (1 + R) / (1 + lambda D); 0 cancels lambda from the gradient; a large
-      negative value gives the plain loss with an adaptive weight (docs/architecture.md, "The effective lambda").
-    - ``eps``: 1e-8 as FAMO. ``update_mode``: same_batch (exact FAMO) or next_batch (cheaper, noisier).
-    """
-
-    w_lr: float = 0.025
-    gamma: float | None = None
-    gamma_s1: float = DEFAULT_SCALE_GAMMAS[0]
-    gamma_s2: float = DEFAULT_SCALE_GAMMAS[1]
-    gamma_s3: float = DEFAULT_SCALE_GAMMAS[2]
-    scale_weights: tuple[float, ...] = DEFAULT_SCALE_WEIGHTS
-    min_loss: float | tuple[float, ...] = -1.0
-    eps: float = 1e-8
-    update_mode: str = "same_batch"
-
-    def __post_init__(self) -> None:
-        _number("w_lr", self.w_lr, low=0.0, low_open=True)
-        if self.gamma is not None:
-            _number("gamma", self.gamma, low=0.0)
-        for key in ("gamma_s1", "gamma_s2", "gamma_s3"):
-            _number(key, getattr(self, key), low=0.0)
-        _number("eps", self.eps, low=0.0, low_open=True)
-        if self.update_mode not in UPDATE_MODES:
-            raise ValueError(f"update_mode: got {self.update_mode!r}; allowed: {', '.join(UPDATE_MODES)}")
-        sw = self.scale_weights
-        if isinstance(sw, str | bytes) or not isinstance(sw, Sequence) or len(sw) != len(SCALES):
-            raise ValueError(f"scale_weights: got {sw!r}; must be three positive numbers [s1, s2, s3]")
-        sw = tuple(_number("scale_weights", v, low=0.0, low_open=True) for v in sw)
-        total = sum(sw)
-        if abs(total - 1.0) > 1e-6:
-            warnings.warn(f"scale_weights {list(sw)} sum to {total:g}, not 1; normalized", stacklevel=3)
-            sw = tuple(v / total for v in sw)
-        object.__setattr__(self, "scale_weights", sw)
-        if isinstance(self.min_loss, Sequence) and not isinstance(self.min_loss, str | bytes):
-            object.__setattr__(self, "min_loss", tuple(_number("min_loss", v) for v in self.min_loss))
-        else:
-            object.__setattr__(self, "min_loss", _number("min_loss", self.min_loss))
-
-    @classmethod
-    def from_options(cls, **options) -> WeightingConfig:
-        """Build from keyword options; ``None`` means the default; unknown keys raise listing the valid ones."""
-        allowed = [f.name for f in fields(cls)]
-        unknown = sorted(set(options) - set(allowed))
-        if unknown:
-            raise ValueError(f"unknown weighting option(s) {unknown}; allowed: {', '.join(allowed)}")
-        return cls(**{k: v for k, v in options.items() if v is not None})
-
-    @property
-    def scale_gammas(self) -> tuple[float, float, float]:
-        return (self.gamma_s1, self.gamma_s2, self.gamma_s3)
-
-
 class Weighting(ABC):
     """Turns named task losses into the loss to back-propagate, and adapts itself after each step."""
 
     name: str = ""
 
-    def __init__(self, task_names: Sequence[str], config: WeightingConfig | None = None) -> None:
+    def __init__(self, task_names: Sequence[str], config: WeightingConfig | None = None, *,
+                 eps: float = DEFAULT_EPS, task_min_loss: Sequence[float] | None = None) -> None:
+        """``config``: the run config's weighting section (default: its defaults). Beyond the run keys, for
+        experiments with the weighting itself: ``eps`` (> 0) and ``task_min_loss``, one m_i per task replacing
+        the common ``config.min_loss``."""
         task_names = tuple(task_names)
         if not task_names or len(set(task_names)) != len(task_names):
             raise ValueError(f"task_names: got {list(task_names)}; must be non-empty and unique")
+        if config is not None and not isinstance(config, WeightingConfig):
+            raise ValueError(f"config: got {type(config).__name__}; expected a hpcm_tune.config.WeightingConfig")
         self.task_names = task_names
-        self.config = config or WeightingConfig()
+        self.config = config if config is not None else WeightingConfig()
+        self.eps = _number("eps", eps, low=0.0, low_open=True)
+        if task_min_loss is not None:
+            if isinstance(task_min_loss, str | bytes) or not isinstance(task_min_loss, Sequence):
+                raise ValueError(f"min_loss: got {task_min_loss!r}; task_min_loss needs one number per task")
+            task_min_loss = tuple(_number("min_loss", v) for v in task_min_loss)
+            if len(task_min_loss) != len(task_names):
+                raise ValueError(f"min_loss: got {list(task_min_loss)}; needs one value per task {list(task_names)}")
+        self.task_min_loss: tuple[float, ...] | None = task_min_loss
         self._multipliers: tuple[float, float, float] = (1.0, 1.0, 1.0)
         self._last_losses: torch.Tensor | None = None  # detached, for scale_contributions()
 

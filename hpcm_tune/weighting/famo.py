@@ -28,8 +28,9 @@ from collections.abc import Mapping, Sequence
 
 import torch
 
+from hpcm_tune.config import WeightingConfig
 from hpcm_tune.metrics import SCALES, TASK_SCALE
-from hpcm_tune.weighting.base import Reevaluate, TaskLosses, Weighting, WeightingConfig
+from hpcm_tune.weighting.base import Reevaluate, TaskLosses, Weighting
 
 ADAM_BETAS: tuple[float, float] = (0.9, 0.999)
 ADAM_EPS = 1e-8
@@ -44,17 +45,12 @@ class FAMO(Weighting):
 
     name = "famo"
 
-    def __init__(self, task_names: Sequence[str], config: WeightingConfig | None = None) -> None:
-        super().__init__(task_names, config)
+    def __init__(self, task_names: Sequence[str], config: WeightingConfig | None = None, **options) -> None:
+        super().__init__(task_names, config, **options)
         n = len(self.task_names)
         if n < 2:
             raise ValueError(f"task_names: got {list(self.task_names)}; {self.name} needs at least two tasks")
-        min_loss = self.config.min_loss
-        if isinstance(min_loss, tuple):
-            if len(min_loss) != n:
-                raise ValueError(f"min_loss: got {list(min_loss)}; needs one value per task {list(self.task_names)}")
-        else:
-            min_loss = (min_loss,) * n
+        min_loss = self.task_min_loss if self.task_min_loss is not None else (self.config.min_loss,) * n
         self._device = torch.device("cpu")
         self._min = torch.tensor(min_loss, dtype=torch.float64)
         self._log_prior = self.prior().log()
@@ -74,7 +70,7 @@ class FAMO(Weighting):
     def base_gammas(self) -> dict[str, float]:
         """Base gamma per scale before the schedule's multipliers."""
         config = self.config
-        gamma = config.gamma if config.gamma is not None else sum(config.scale_gammas) / len(SCALES)
+        gamma = config.gamma if config.gamma is not None else sum(config.gammas) / len(SCALES)
         return dict.fromkeys(SCALES, gamma)
 
     def _task_gammas(self) -> torch.Tensor:
@@ -99,7 +95,7 @@ class FAMO(Weighting):
 
     def _log_gap(self, losses: torch.Tensor) -> torch.Tensor:
         """log(L - m + eps) in float64, floored at log(eps) so a loss below its minimum is never NaN."""
-        eps = self.config.eps
+        eps = self.eps
         return (losses.to(torch.float64) - self._min + eps).clamp_min(eps).log()
 
     # --- the interface -------------------------------------------------------------------------------
@@ -107,7 +103,7 @@ class FAMO(Weighting):
         losses = self._stack(task_losses)
         self._to(losses.device)
         self._last_losses = losses.detach()
-        eps = self.config.eps
+        eps = self.eps
         z = self._z().to(losses.dtype)
         gap = (losses - self._min.to(losses.dtype) + eps).clamp_min(eps)
         c = (z / gap).sum().detach()
@@ -153,7 +149,7 @@ class FAMO(Weighting):
 
     def coefficients(self, task_losses: Mapping[str, float]) -> dict[str, float]:
         """a_i = z_i / (L_i - m_i + eps): the gradient of sum_i z_i log(L_i - m_i + eps) up to the common c."""
-        z, m, eps = self._z().cpu(), self._min.cpu(), self.config.eps
+        z, m, eps = self._z().cpu(), self._min.cpu(), self.eps
         return {t: float(z[i]) / max(float(task_losses[t]) - float(m[i]) + eps, eps)
                 for i, t in enumerate(self.task_names)}
 

@@ -6,26 +6,26 @@ from collections.abc import Sequence
 
 import torch
 
+from hpcm_tune.config import WeightingConfig
 from hpcm_tune.metrics import SCALES, TASK_SCALE
-from hpcm_tune.weighting.base import WeightingConfig
 from hpcm_tune.weighting.famo import FAMO
 
 
 class HierarchicalFAMO(FAMO):
     """FAMO whose prior p comes from the scale importance weights (a scale's share split equally among its
-    tasks; default [0.3, 0.4, 0.3] gives s1 tasks 0.15 each, s2 tasks 0.2 each, s3_bpp 0.3) and whose gamma
-    of task i is its scale's gamma (default s1 0.008, s2 0.006, s3 0.004) times the schedule's multiplier."""
+    tasks; the default weights give s1 tasks 0.15 each, s2 tasks 0.2 each, s3_bpp 0.3) and whose gamma of task i
+    is its scale's gamma (``config.gammas``) times the schedule's multiplier. Defaults: hpcm_tune.config."""
 
     name = "hierarchical"
 
-    def __init__(self, task_names: Sequence[str], config: WeightingConfig | None = None) -> None:
+    def __init__(self, task_names: Sequence[str], config: WeightingConfig | None = None, **options) -> None:
         unscaled = [t for t in task_names if t not in TASK_SCALE]
         if unscaled:
             raise ValueError(
                 f"task_names: {unscaled} belong to no scale; hierarchical weighting needs tasks among "
                 f"{list(TASK_SCALE)} (use famo for the 2-task objectives)"
             )
-        super().__init__(task_names, config)
+        super().__init__(task_names, config, **options)
 
     def prior(self) -> torch.Tensor:
         weight = dict(zip(SCALES, self.config.scale_weights))
@@ -35,4 +35,4 @@ class HierarchicalFAMO(FAMO):
         return p / p.sum()  # renormalized in case a scale has no task here
 
     def base_gammas(self) -> dict[str, float]:
-        return dict(zip(SCALES, self.config.scale_gammas))
+        return dict(zip(SCALES, self.config.gammas))

@@ -190,8 +190,28 @@ def test_domain_spec_round_trip():
         assert sp.parse_domain("f", "k", sp.domain_spec(dom)) == dom
 
 
+def test_config_keys_and_value_rules_are_the_run_configs():
+    from hpcm_tune.config import FLAT_KEYS, ConfigError, check_value
+
+    assert sp.known_config_keys() == set(FLAT_KEYS) | sp.RESERVED_KEYS
+    for key, value in (("gamma_s1", -0.01), ("w_lr", 0), ("scale_weights", [0.5, 0.5, 0.5]), ("batch_size", 0),
+                       ("update_mode", "sometimes")):
+        with pytest.raises(ConfigError) as expected:
+            check_value(key, value)
+        data = minimal()
+        data["fixed"][key] = value
+        with pytest.raises(sp.SpaceError) as info:
+            sp.parse_space(data, "a.yaml")
+        assert (info.value.key, info.value.allowed) == (key, f"allowed: {expected.value.allowed}")
+
+
 def test_values_the_engine_refuses_fail_before_ray():
     data = minimal()
-    data["fixed"]["patch_size"] = 50  # not a multiple of HPCM's stride: RunConfig refuses it
+    data["fixed"]["patch_size"] = 50  # not a multiple of HPCM's stride: RunConfig's rule for the key refuses it
+    with pytest.raises(sp.SpaceError, match=r"patch_size = 50: allowed: a multiple of 16"):
+        sp.parse_space(data, "a.yaml")
+    # Valid bounds (64, 256) but draws in between mostly invalid: the whole trial configs built with RunConfig.
+    data = minimal(searcher="random")
+    data["params"] = {"patch_size": {"type": "randint", "low": 64, "high": 257}}
     with pytest.raises(sp.SpaceError, match="rejected by RunConfig: patch_size"):
         sp.parse_space(data, "a.yaml")
