@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import contextlib
 import operator
-import struct
 import zlib
 from collections.abc import Callable, Sequence
 
@@ -37,6 +36,7 @@ from compressai.ops import compute_padding
 from torch import nn
 
 from hpcm_tune.metrics import LIKELIHOOD_KEYS
+from hpcm_tune.models import bitstream
 from hpcm_tune.models import context as ctxmod
 from hpcm_tune.models.entropy import ChannelGGConditional, GeneralizedGaussianConditional, default_scale_table
 from hpcm_tune.models.layers import (
@@ -49,50 +49,14 @@ from hpcm_tune.models.layers import (
     deconv2x2_up,
     deconv4x4_up,
 )
-from hpcm_tune.models.rans import BitstreamError, RansStreamDecoder, check_stream_size
+from hpcm_tune.models.rans import BitstreamError, RansStreamDecoder
 
 StepFn = Callable[[int, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
-# z stream = magic (2 B) | version (1 B) | 4 varint payload lengths (z, s1, s2, s3) | CRC32 (4 B) | z payload.
-# The CRC covers the model fingerprint and the image size as well as every payload, so a stream written by
-# another model or for another size is rejected without spending header bytes on them (each byte counts:
-# at 256x256 and 0.3 bpp one byte is 0.3 % of the rate).
-_MAGIC = b"HP"
-_VERSION = 1
-_CRC = struct.Struct(">I")
 _TABLE_BUFFERS = ("_quantized_cdf", "_offset", "_cdf_length", "scale_table")
-_MAX_VARINT = 5
 # The largest image decompress() accepts, as hpcm_tune.data.MAX_IMAGE_PIXELS: the shape is the caller's (or a
 # container's) claim, and the decoder allocates latents for it before reading a symbol.
 MAX_IMAGE_PIXELS = 64 * 1024 * 1024
-
-
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte, n = n & 0x7F, n >> 7
-        out.append(byte | (0x80 if n else 0))
-        if not n:
-            return bytes(out)
-
-
-def _read_varint(buf: bytes, pos: int) -> tuple[int, int]:
-    value = 0
-    for i in range(_MAX_VARINT):
-        if pos + i >= len(buf):
-            raise BitstreamError("truncated header")
-        byte = buf[pos + i]
-        value |= (byte & 0x7F) << (7 * i)
-        if not byte & 0x80:
-            return value, pos + i + 1
-    raise BitstreamError("malformed header (length field too long)")
-
-
-def _checksum(fingerprint: int, h: int, w: int, z_payload: bytes, y_payloads: Sequence[bytes]) -> int:
-    crc = zlib.crc32(struct.pack(">III", fingerprint, h, w))
-    for part in (z_payload, *y_payloads):
-        crc = zlib.crc32(part, crc)
-    return crc
 
 
 def ste_round(x: torch.Tensor) -> torch.Tensor:
@@ -400,53 +364,18 @@ class HPCM(CompressionModel):
 
             y_hat, _, _ = self._hierarchy(params, step)
             payloads = [enc.flush() for enc in encoders]
-            lengths = b"".join(_varint(len(p)) for p in (z_payload, *payloads))
-            crc = _checksum(fp, x.shape[2], x.shape[3], z_payload, payloads)
             for s in range(3):
                 out[s].append(payloads[s])
-            out[3].append(_MAGIC + bytes([_VERSION]) + lengths + _CRC.pack(crc) + z_payload)
+            out[3].append(bitstream.pack(fp, (int(x.shape[2]), int(x.shape[3])), z_payload, payloads))
             y_hats.append(y_hat)
             z_hats.append(z_hat)
         return {"strings": out, "shape": (int(x.shape[2]), int(x.shape[3])),
                 "y_hat": torch.cat(y_hats), "z_hat": torch.cat(z_hats)}
 
     def _parse(self, strings, shape, i: int) -> tuple[bytes, list[bytes]]:
-        z_string = strings[3][i]
-        y_strings = [strings[s][i] for s in range(3)]
-        if not all(isinstance(s, bytes | bytearray) for s in (z_string, *y_strings)):
-            raise BitstreamError(f"image {i}: every stream must be bytes")
-        z_string, y_strings = bytes(z_string), [bytes(s) for s in y_strings]
-        if z_string[: len(_MAGIC)] != _MAGIC:
-            raise BitstreamError(f"image {i}: not an HPCM bitstream (magic {z_string[:2]!r}, expected {_MAGIC!r})")
-        pos = len(_MAGIC)
-        if len(z_string) <= pos or z_string[pos] != _VERSION:
-            got = z_string[pos] if len(z_string) > pos else "missing"
-            raise BitstreamError(f"image {i}: bitstream version {got}, this decoder reads {_VERSION}")
-        pos += 1
-        lengths = []
-        for _ in range(4):
-            try:
-                n, pos = _read_varint(z_string, pos)
-            except BitstreamError as err:
-                raise BitstreamError(f"image {i}: {err}") from None
-            lengths.append(n)
-        if len(z_string) < pos + _CRC.size:
-            raise BitstreamError(f"image {i}: truncated header")
-        (crc,) = _CRC.unpack_from(z_string, pos)
-        z_payload = z_string[pos + _CRC.size :]
-        actual = [len(z_payload), *(len(s) for s in y_strings)]
-        if actual != lengths:
-            raise BitstreamError(
-                f"image {i}: stream lengths (z, s1, s2, s3) {actual} differ from the header's {lengths} (truncated?)"
-            )
-        for name, payload in zip(("z", "s1", "s2", "s3"), (z_payload, *y_strings), strict=True):
-            check_stream_size(payload, f"image {i}: the {name}")
-        if _checksum(self.fingerprint(), *shape, z_payload, y_strings) != crc:
-            raise BitstreamError(
-                f"image {i}: checksum mismatch: the bitstream is corrupted, or was written by another model "
-                f"(weights or update() differ) or for another image size than {tuple(shape)}"
-            )
-        return z_payload, y_strings
+        """Image i's z payload and y payloads, checked by the container (hpcm_tune.models.bitstream)."""
+        return bitstream.unpack(strings[3][i], [strings[s][i] for s in range(3)], self.fingerprint(), shape,
+                                f"image {i}")
 
     def decompress(self, strings, shape) -> dict:
         """Decode the output of :meth:`compress`; ``shape`` is the original (H, W)."""

@@ -16,7 +16,7 @@ import torch
 from compressai.ans import BufferedRansEncoder, RansDecoder
 
 from hpcm_tune.data import MAX_IMAGE_PIXELS
-from hpcm_tune.models import BitstreamError, build_model
+from hpcm_tune.models import BitstreamError, bitstream, build_model
 from hpcm_tune.models import hpcm as hpcm_mod
 from hpcm_tune.models.entropy import GeneralizedGaussianConditional
 from hpcm_tune.models.rans import RANS64_L, RansStreamDecoder
@@ -54,9 +54,7 @@ def no_compressai_decoder(monkeypatch):
 
 def forge(model, z_payload: bytes, y_payloads, shape=SIZE) -> list[list[bytes]]:
     """A stream in the container's format with correct lengths and a recomputed checksum."""
-    lengths = b"".join(hpcm_mod._varint(len(p)) for p in (z_payload, *y_payloads))
-    crc = hpcm_mod._checksum(model.fingerprint(), *shape, z_payload, y_payloads)
-    z = hpcm_mod._MAGIC + bytes([hpcm_mod._VERSION]) + lengths + hpcm_mod._CRC.pack(crc) + z_payload
+    z = bitstream.pack(model.fingerprint(), shape, z_payload, y_payloads)
     return [[y_payloads[0]], [y_payloads[1]], [y_payloads[2]], [z]]
 
 
@@ -64,7 +62,7 @@ def payloads(encoded) -> tuple[bytes, list[bytes]]:
     z = encoded["strings"][3][0]
     pos = 3
     for _ in range(4):
-        _, pos = hpcm_mod._read_varint(z, pos)
+        _, pos = bitstream.read_varint(z, pos)
     return z[pos + 4 :], [encoded["strings"][s][0] for s in range(3)]
 
 
