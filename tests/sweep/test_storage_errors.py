@@ -30,17 +30,21 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def create_bucket(endpoint: str, bucket: str) -> None:
+    """An unsigned PUT (moto does not check signatures unless told to), with a timeout long enough for moto's
+    first S3 request (it imports its S3 backend then, seconds on a loaded machine; pyarrow gives up after 3 s)."""
+    request = urllib.request.Request(f"http://{endpoint}/{bucket}", method="PUT")
+    urllib.request.urlopen(request, timeout=120).close()
+
+
 @pytest.fixture(scope="module")
 def s3():
     """A moto S3 server on 127.0.0.1 (this process) with one bucket; yields its endpoint HOST:PORT."""
-    import pyarrow.fs
-
     server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
     host, port = server.get_host_and_port()
     endpoint = f"{host}:{port}"
-    pyarrow.fs.S3FileSystem(endpoint_override=endpoint, scheme="http", access_key="test", secret_key="test",
-                            region="us-east-1", allow_bucket_creation=True).create_dir(BUCKET)
+    create_bucket(endpoint, BUCKET)
     yield endpoint
     server.stop()
 
@@ -212,3 +216,26 @@ def test_environment_reaches_pyarrow_in_a_fresh_process(s3, tmp_path):
             f"print(launcher.read_json('s3://{BUCKET}/fresh/a.json'))")
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
     assert out.returncode == 0 and "{'ok': 1}" in out.stdout, out.stderr[-2000:]
+
+
+def test_analysis_reads_experiments_from_s3_as_from_disk(s3, aws_env, tmp_path):
+    """load_experiments on an experiment URI, and the latest experiment of a storage URI, read the same trials as
+    the local directory; checkpoints are not downloaded."""
+    from hpcm_tune.analysis import results
+    from hpcm_tune.testing import write_experiment_dir
+
+    trials = [{"config": {"lmbda": lam, "seed": 0, "epochs": 3, "label": "a"}, "epochs_run": n}
+              for lam, n in ((0.0067, 3), (0.013, 2))]
+    local = write_experiment_dir(tmp_path / "store", "exp1", trials, max_epochs=3)
+    (next(p for p in local.iterdir() if p.is_dir()) / "checkpoint_000000").mkdir()
+    (next(p for p in local.iterdir() if p.is_dir()) / "checkpoint_000000" / "state.pt").write_bytes(b"x")
+    root = f"s3://{BUCKET}/analysis?endpoint_override={s3}&scheme=http"
+    pa.copy_tree(str(tmp_path / "store"), root)
+    uri = launcher.join(root, "exp1")
+    (remote,) = results.load_experiments([uri])
+    (disk,) = results.load_experiments([local])
+    assert remote.name == "exp1" and remote.source == uri and disk.source is None
+    assert sorted((t.trial_id, t.status, t.epochs_run) for t in remote.trials) == \
+        sorted((t.trial_id, t.status, t.epochs_run) for t in disk.trials)
+    assert not list(remote.path.rglob("checkpoint_*")) and not list(remote.path.rglob("*.pkl"))
+    assert results.latest_experiment(root).name == "exp1"
