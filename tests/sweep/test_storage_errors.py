@@ -156,7 +156,7 @@ def s3_with_auth(tmp_path_factory):
                             stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + 180  # a loaded machine: moto imports for seconds
         while True:
             try:
                 urllib.request.urlopen(f"{url}/moto-api/", timeout=1).close()
@@ -178,7 +178,11 @@ def s3_with_auth(tmp_path_factory):
         yield f"127.0.0.1:{port}", key["AccessKeyId"], key["SecretAccessKey"]
     finally:
         proc.terminate()
-        proc.wait(timeout=10)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
         log.close()
 
 
