@@ -34,14 +34,18 @@ def test_presets_parse_and_cover_the_studies():
     spaces = {p.stem: sp.load_space(p) for p in PRESETS}
     assert len(spaces["ablation_scale_weights"].configurations) == 4
     assert "s2 emphasis" in spaces["ablation_scale_weights"].configurations
-    assert len(spaces["ablation_gamma"].configurations) == 3
+    assert set(spaces["ablation_gamma"].configurations) == {"uniform", "increasing", "decreasing", "gamma 0"}
+    assert spaces["ablation_gamma"].configurations["gamma 0"] == {"gamma_s1": 0.0, "gamma_s2": 0.0, "gamma_s3": 0.0}
     assert len(spaces["gamma_strategies"].configurations) == 5
     assert len(spaces["balanced_grid"].configurations) == 12
     assert set(spaces["objectives"].configurations) == {"standard (continued)", "standard (cautious adam)", "balanced",
                                                         "hierarchical", "hierarchical (ratio)"}
-    assert all(s.parent is not None for s in spaces.values())  # every preset fine-tunes from parents
+    # every preset fine-tunes from parents, except the from-scratch control of the objectives study
+    assert {n for n, s in spaces.items() if s.parent is None} == {"objectives_scratch"}
+    assert spaces["objectives_scratch"].study == "objectives"  # one more row of that study's table
+    assert len(spaces["balanced_controls"].lambdas()) == 2  # the controls run at two lambdas
     for name, s in spaces.items():
-        if name != "default":
+        if name not in ("default", "balanced_controls"):
             assert len(s.lambdas()) >= 4, name
     d = spaces["default"]
     assert (d.scheduler, d.searcher, d.max_concurrent) == ("asha", "optuna", 2)
