@@ -29,8 +29,9 @@ from hpcm_tune.analysis.results import (
     _read_result_lines,
     _read_state,
 )
+from hpcm_tune.experiment import STATE_PREFIX
 
-ARCHIVE_STATE_FILE = "experiment_state-archive.json"
+ARCHIVE_STATE_FILE = f"{STATE_PREFIX}archive.json"
 # Fields of Ray's result lines that describe the machine or the wall clock, not the trial's training.
 MACHINE_FIELDS = ("config", "hostname", "node_ip", "pid", "date", "timestamp", "time_this_iter_s",
                   "time_since_restore", "iterations_since_restore", "checkpoint_dir_name")

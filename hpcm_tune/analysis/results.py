@@ -26,18 +26,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from hpcm_tune import metrics as m
-from hpcm_tune.sweep.launcher import DEFAULT_STORAGE, META_FILE  # the sweep's names (plain Python, no Ray)
+from hpcm_tune.experiment import (  # the experiment directory contract, shared with the sweep (plain Python)
+    DEFAULT_STORAGE,
+    ERROR_FILE,
+    META_FILE,
+    PARAMS_FILE,
+    PROGRESS_FILE,
+    RESULT_FILE,
+    STATE_GLOB,
+    TRAINING_ITERATION,
+    TRIAL_FILES,
+    is_state_file,
+)
 
 HEADER_FILE = META_FILE
-PARAMS_FILE = "params.json"
-RESULT_FILE = "result.json"
-PROGRESS_FILE = "progress.csv"
-ERROR_FILE = "error.txt"
-STATE_GLOB = "experiment_state-*.json"
-TRIAL_FILES = (PARAMS_FILE, RESULT_FILE, PROGRESS_FILE, ERROR_FILE)
-
 # Ray's per-result bookkeeping field giving the report count (one report per epoch in our trainable).
-ITERATION = "training_iteration"
+ITERATION = TRAINING_ITERATION
 TIME_TOTAL = "time_total_s"
 
 # Config keys read by the analysis (names of docs/architecture.md's flat config).
@@ -181,7 +185,7 @@ def _wanted(relative: str) -> bool:
     if len(parts) > 3 or parts[0] == "parents" or any(p.startswith("checkpoint_") for p in parts):
         return False
     name = parts[-1]
-    return name in (HEADER_FILE, *TRIAL_FILES) or (name.startswith("experiment_state-") and name.endswith(".json"))
+    return name in (HEADER_FILE, *TRIAL_FILES) or is_state_file(name)
 
 
 _DOWNLOADS: list[str] = []
@@ -190,7 +194,7 @@ _SOURCES: dict[Path, str] = {}  # local copy -> the URI it came from
 
 def source_of(path: Path) -> str | None:
     """The URI a local copy (:func:`download`) came from: of the folder itself or of the storage above it."""
-    from hpcm_tune.sweep.launcher import join
+    from hpcm_tune.experiment import join
 
     path = Path(path).resolve()
     if path in _SOURCES:
@@ -211,7 +215,7 @@ def download(uri: str) -> Path:
     import pyarrow
     import pyarrow.fs
 
-    from hpcm_tune.sweep.launcher import basename
+    from hpcm_tune.experiment import basename
 
     try:
         fs, root = pyarrow.fs.FileSystem.from_uri(uri)

@@ -466,13 +466,14 @@ def _yaml_scalar(value) -> str:
 
 def training_config(params: dict) -> tuple[dict, str]:
     """(the flat config a trial trained with, a note): search internals stripped, ``init_from`` resolved from the
-    sweep's parents table (hpcm_tune.sweep.space.training_config); the note says when the parent is unknown."""
-    from hpcm_tune.sweep.space import training_config as sweep_training_config
+    sweep's parents table (hpcm_tune.experiment.training_config); the note says when the parent is unknown."""
+    from hpcm_tune.experiment import is_internal
+    from hpcm_tune.experiment import training_config as trial_training_config
 
     try:
-        return sweep_training_config(params), ""
+        return trial_training_config(params), ""
     except (ValueError, KeyError, TypeError) as err:
-        plain = {k: v for k, v in params.items() if not str(k).startswith("_")}
+        plain = {k: v for k, v in params.items() if not is_internal(k)}
         return plain, f"the trial's parent could not be resolved ({err})"
 
 

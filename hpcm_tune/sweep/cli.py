@@ -190,11 +190,12 @@ def _resume_dry_run(experiment: str, opts: Any) -> int:
     """What --resume would continue, without starting anything."""
     from pathlib import Path
 
+    from hpcm_tune.experiment import PARAMS_FILE
     from hpcm_tune.sweep.launcher import read_experiment_for_resume
     from hpcm_tune.sweep.parents import status
 
     path, meta, space, parents = read_experiment_for_resume(experiment, opts, write=False)
-    trials = sorted(p.name for p in Path(path).iterdir() if (p / "params.json").exists()) \
+    trials = sorted(p.name for p in Path(path).iterdir() if (p / PARAMS_FILE).exists()) \
         if "://" not in path else []
     print(f"{path}: study {space.study}, {space.total_trials()} trials planned, {len(trials)} started, scheduler "
           f"{space.scheduler}, searcher {space.searcher}, metric {space.metric} ({space.mode}), epochs "

@@ -22,12 +22,19 @@ from pathlib import Path
 from typing import Any
 
 from hpcm_tune import metrics
+from hpcm_tune.experiment import (  # the experiment directory's names and storage paths, shared with the analysis
+    DEFAULT_STORAGE,
+    META_FILE,
+    SUMMARY_FILE,
+    basename,
+    dirname,
+    is_uri,
+    join,
+    split_uri,
+)
 from hpcm_tune.sweep.space import LAMBDA_KEY, SearchSpace, SpaceError, parse_space
 
-META_FILE = "hpcm_tune.json"
-SUMMARY_FILE = "hpcm_tune_summary.json"
 OPTUNA_DB = "optuna.db"  # the Optuna study of an optuna sweep without --optuna-storage (SQLite)
-DEFAULT_STORAGE = "results"
 
 
 @dataclass(frozen=True)
@@ -68,7 +75,8 @@ class SweepOptions:
 # Storage: a local directory, or a URI (s3://, gs://, a shared file system) through pyarrow.
 #
 # A URI may carry pyarrow's options as a query, e.g. s3://bucket/prefix?endpoint_override=HOST:PORT&scheme=http
-# (an S3-compatible server); Ray Tune keeps the query when it joins paths, and so do join() and basename() here.
+# (an S3-compatible server); Ray Tune keeps the query when it joins paths, and so do join() and basename()
+# (hpcm_tune.experiment).
 # Credentials and endpoint otherwise come from the environment (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY,
 # AWS_DEFAULT_REGION, AWS_ENDPOINT_URL / AWS_ENDPOINT_URL_S3; README.md, "Storage on S3").
 
@@ -78,16 +86,6 @@ ALLOWED_STORAGE = ("a local directory, or a URI of pyarrow's file systems: s3://
                    "file:///PATH, hdfs://, abfs://")
 S3_VARIABLES = ("AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY (or AWS_PROFILE), AWS_DEFAULT_REGION, and for an "
                 "S3-compatible server AWS_ENDPOINT_URL (or ?endpoint_override=HOST:PORT&scheme=http in the URI)")
-
-
-def is_uri(storage: str) -> bool:
-    return "://" in storage
-
-
-def split_uri(uri: str) -> tuple[str, str]:
-    """(``scheme://path``, ``?query`` or '') of a URI."""
-    base, sep, query = uri.partition("?")
-    return base, sep + query
 
 
 def storage_root(storage: str) -> str:
@@ -129,24 +127,6 @@ def read_json(path: str) -> dict[str, Any]:
     fs, p = _fs(path)
     with fs.open_input_stream(p) as f:
         return json.loads(f.read().decode())
-
-
-def join(root: str, *parts: str) -> str:
-    """``root/part/...``; a URI's query stays at its end (s3://b/p?endpoint_override=... + x -> s3://b/p/x?...)."""
-    base, query = split_uri(root) if is_uri(root) else (root, "")
-    return "/".join([base.rstrip("/"), *parts]) + query
-
-
-def basename(path: str) -> str:
-    """The last path component of a local path or a URI (its query left out)."""
-    base = split_uri(path)[0] if is_uri(path) else path
-    return base.rstrip("/").rsplit("/", 1)[-1]
-
-
-def dirname(path: str) -> str:
-    """``path`` less its last component; a URI keeps its query."""
-    base, query = split_uri(path) if is_uri(path) else (path, "")
-    return base.rstrip("/").rsplit("/", 1)[0] + query
 
 
 def check_storage(storage: str, flag: str = "--storage", write: bool = True) -> None:

@@ -34,12 +34,11 @@ from pathlib import Path
 from typing import Any
 
 from hpcm_tune import metrics
-from hpcm_tune.sweep.space import LAMBDA_KEY, PARENTS_KEY, SearchSpace, parent_configs
+from hpcm_tune.experiment import LAMBDA_KEY, PARAMS_FILE, PARENTS_KEY, RESULT_FILE, is_internal
+from hpcm_tune.sweep.space import SearchSpace, parent_configs
 
 PARENTS_DIR = "parents"
 DONE_FILE = "parent.json"
-PARAMS_FILE = "params.json"
-RESULT_FILE = "result.json"
 # Keys that do not change what a parent learns (labels, loader processes, which device, how often it is
 # evaluated: evaluation draws no random numbers).
 NON_SEMANTIC_KEYS: frozenset[str] = frozenset({"study", "label", "num_workers", "device", "eval_interval",
@@ -92,7 +91,7 @@ class Parent:
 
     @property
     def name(self) -> str:
-        from hpcm_tune.sweep.launcher import basename
+        from hpcm_tune.experiment import basename
 
         return basename(self.path)  # a URI's query (?endpoint_override=...) is no part of it
 
@@ -111,7 +110,7 @@ class Parent:
 def plan_parents(space: SearchSpace, storage: str, engine: str = "hpcm") -> list[Parent]:
     """The parents a sweep needs, at their cache paths under ``storage`` (a local path or a URI), trained by
     ``engine`` (the sweep's)."""
-    from hpcm_tune.sweep.launcher import join
+    from hpcm_tune.experiment import join
 
     out = []
     for key, config in parent_configs(space).items():
@@ -151,7 +150,7 @@ def check_environment(space: SearchSpace, local: bool) -> None:
     configs += [("parent.", cfg) for cfg in parent_configs(space).values()]
     seen: set[tuple[str, str]] = set()
     for prefix, cfg in configs:
-        full = resolved_config({k: v for k, v in cfg.items() if not str(k).startswith("_")})
+        full = resolved_config({k: v for k, v in cfg.items() if not is_internal(k)})
         for key in ("data", "device"):
             if (key, str(full[key])) in seen:
                 continue
@@ -180,7 +179,8 @@ def check_init_from(space: SearchSpace) -> None:
     readable checkpoint, and is of the run's preset and architecture: a SpaceError naming the file and key
     otherwise, before Ray starts."""
     from hpcm_tune.checkpoint import CheckpointError, load_model_weights
-    from hpcm_tune.sweep.space import INIT_FROM_KEY, SpaceError, trial_configs
+    from hpcm_tune.experiment import INIT_FROM_KEY
+    from hpcm_tune.sweep.space import SpaceError, trial_configs
 
     places = [(f"parent.{INIT_FROM_KEY}", cfg) for cfg in parent_configs(space).values()]
     if space.parent is None:
@@ -191,7 +191,7 @@ def check_init_from(space: SearchSpace) -> None:
         source = cfg.get(INIT_FROM_KEY)
         if source is None:
             continue
-        preset = resolved_config({k: v for k, v in cfg.items() if not str(k).startswith("_")})["preset"]
+        preset = resolved_config({k: v for k, v in cfg.items() if not is_internal(k)})["preset"]
         if (source, preset) in seen:
             continue
         seen.add((source, preset))
@@ -236,7 +236,7 @@ def copy_tree(source: str, destination: str, prune: str | None = None) -> None:
 
 def fetch(path: str, scratch: str | Path) -> str:
     """A local directory holding ``path``: the path itself, or a copy of a URI under ``scratch``."""
-    from hpcm_tune.sweep.launcher import basename
+    from hpcm_tune.experiment import basename
 
     if _local(path) is not None:
         return path

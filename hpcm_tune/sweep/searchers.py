@@ -27,6 +27,7 @@ from ray.tune.search import BasicVariantGenerator, Searcher
 from ray.tune.search.optuna import OptunaSearch
 
 from hpcm_tune import metrics
+from hpcm_tune.experiment import TRAINING_ITERATION
 from hpcm_tune.registry import Registry
 from hpcm_tune.sweep.space import (
     SEED_KEY,
@@ -41,7 +42,6 @@ from hpcm_tune.sweep.space import (
     Uniform,
 )
 
-TRAINING_ITERATION = "training_iteration"
 RAY_TRIAL_ID_ATTR = "ray_trial_id"
 LOST_ATTR = "hpcm_tune_lost"
 # Database URLs --optuna-storage accepts (SQLAlchemy dialects Optuna's RDBStorage is tested with), any +driver.

@@ -12,7 +12,6 @@ This module is plain Python (no Ray): the translation to Ray Tune and Optuna liv
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import numbers
 import random
@@ -25,14 +24,18 @@ from typing import Any
 import yaml
 
 from hpcm_tune import metrics
-from hpcm_tune.config import FLAT_KEYS, ConfigError, RunConfig, check_value, flat_defaults
+from hpcm_tune.config import FLAT_KEYS, ConfigError, RunConfig, check_value
+from hpcm_tune.experiment import (  # the experiment directory contract (trial config keys, training_config)
+    INIT_FROM_KEY,
+    INTERNAL_PREFIX,
+    LAMBDA_KEY,
+    PARENT_MATCH_KEYS,
+    parent_key,
+    training_config,
+)
 
 # Keys a file sets through its own fields, never in fixed/params/configurations.
 RESERVED_KEYS: frozenset[str] = frozenset({"study", "label"})
-# Prefix of the search internals (the raw draws behind a simplex); ignored by training and analysis.
-INTERNAL_PREFIX = "_"
-# The key whose value splits trials into groups that are never compared (different lambda = different loss).
-LAMBDA_KEY = "lmbda"
 SEED_KEY = "seed"
 EPOCHS_KEY = "epochs"
 
@@ -41,19 +44,15 @@ TOP_LEVEL_KEYS: frozenset[str] = frozenset({
     "checkpoints_to_keep", "delete_stopped_checkpoints", "resources", "scheduler", "searcher", "fixed", "params",
     "configurations", "parent",
 })
-# Pretrain once, fine-tune many: a `parent` section describes the run every trial starts from. One parent is
-# trained per distinct value of these keys (a parent must match its trials in them), taken from each trial.
-PARENT_MATCH_KEYS: tuple[str, ...] = (LAMBDA_KEY, "preset", "distortion")
-# What else a parent takes from the sweep's fixed keys: the data and the machine. Everything else is the parent
-# section over the defaults, so sweeps that ask for the same parent section share one parent.
+# Pretrain once, fine-tune many: a `parent` section describes the run every trial starts from, one parent per
+# distinct value of PARENT_MATCH_KEYS (hpcm_tune.experiment). What else a parent takes from the sweep's fixed keys:
+# the data and the machine. Everything else is the parent section over the defaults, so sweeps that ask for the
+# same parent section share one parent.
 PARENT_INHERITED_KEYS: tuple[str, ...] = ("data", "eval_max_images", "num_workers", "device", "amp", "compile",
                                           "channels_last")
 PARENT_LABEL = "parent"
 # Parents are shared by sweeps, so they belong to no sweep's study: analyze.py over a storage shows them apart.
 PARENT_STUDY = "parents"
-# The fixed key that carries the sweep's parents to the trials: JSON {parent_key: parent directory}.
-PARENTS_KEY = f"{INTERNAL_PREFIX}parents"
-INIT_FROM_KEY = "init_from"
 SCHEDULER_NAMES: tuple[str, ...] = ("asha", "fifo", "pbt")
 SEARCHER_NAMES: tuple[str, ...] = ("optuna", "random", "grid")
 # Options each scheduler/searcher accepts in the file (values checked in validate()).
@@ -544,17 +543,6 @@ def _validate_parent(space: SearchSpace) -> None:
                              f"allowed: {', '.join(sorted(RESOURCE_KEYS))}, numbers (cpus > 0, gpus >= 0)")
 
 
-def parent_key(config: Mapping[str, Any]) -> str:
-    """The parent a flat trial config starts from: JSON of its PARENT_MATCH_KEYS values (defaults filled in,
-    lambda as a float), the same string in the driver and in the trial."""
-    defaults = flat_defaults()
-    values = []
-    for key in PARENT_MATCH_KEYS:
-        value = config.get(key, defaults[key])
-        values.append(float(value) if key == LAMBDA_KEY else str(value))
-    return json.dumps(values)
-
-
 def parent_configs(space: SearchSpace) -> dict[str, dict[str, Any]]:
     """One flat parent config per distinct parent key of the sweep's trials: the parent section over the
     defaults, with the trial's match keys and the sweep's data and machine keys (PARENT_INHERITED_KEYS; seed:
@@ -569,20 +557,6 @@ def parent_configs(space: SearchSpace) -> dict[str, dict[str, Any]]:
             match = {k: cfg[k] for k in PARENT_MATCH_KEYS if k in cfg}
             out[key] = {**base, **match, SEED_KEY: space.seed, **space.parent, "study": PARENT_STUDY,
                         "label": PARENT_LABEL}
-    return out
-
-
-def training_config(config: Mapping[str, Any]) -> dict[str, Any]:
-    """The flat config the engine gets: the trial config without search internals and test hooks ('_...'),
-    with ``init_from`` set to the trial's parent when the sweep has parents."""
-    out = {k: v for k, v in config.items() if not str(k).startswith(INTERNAL_PREFIX)}
-    table = config.get(PARENTS_KEY)
-    if table:
-        parents = json.loads(table)
-        key = parent_key(out)
-        if key not in parents:
-            raise ValueError(f"{PARENTS_KEY}: no parent for {key} (the sweep's parents: {', '.join(parents)})")
-        out[INIT_FROM_KEY] = parents[key]
     return out
 
 

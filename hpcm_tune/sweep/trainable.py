@@ -21,8 +21,8 @@ from typing import Any
 from ray.tune import Callback
 
 from hpcm_tune import metrics
+from hpcm_tune.experiment import INIT_FROM_KEY, PARENTS_KEY, PROGRESS_FILE, RESULT_FILE, training_config
 from hpcm_tune.registry import Registry
-from hpcm_tune.sweep.space import INIT_FROM_KEY, PARENTS_KEY, training_config
 
 # Engine factories by name, as "module:attribute" (imported in the trial's worker):
 # factory(config, workdir) -> engine, where workdir is a scratch folder for its checkpoints.
@@ -122,7 +122,7 @@ class KeepResultsOfRetriedTrials(Callback):
     vanish from the trial's results while the retry continues from its newest checkpoint, leaving a hole in its
     curve. Before the retry starts, this uploads the driver's copies (complete: Ray flushes every line)."""
 
-    FILES = ("result.json", "progress.csv")
+    FILES = (RESULT_FILE, PROGRESS_FILE)
 
     def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         import pyarrow.fs

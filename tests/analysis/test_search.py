@@ -163,7 +163,7 @@ def test_below_the_threshold_importances_are_not_computed(storage):
 
 def test_reproduce_command_rebuilds_the_same_configuration(storage, tmp_path, capsys):
     from hpcm_tune.config import RunConfig
-    from hpcm_tune.sweep.space import PARENTS_KEY, parent_key
+    from hpcm_tune.experiment import PARENTS_KEY, parent_key
     from hpcm_tune.train import main as train_main
 
     parent = tmp_path / "parents" / "tiny-lmbda0.0067"

@@ -11,6 +11,7 @@ import shutil
 import pytest
 import torch
 
+from hpcm_tune import experiment as ex
 from hpcm_tune import metrics
 from hpcm_tune.checkpoint import list_checkpoints, read_state
 from hpcm_tune.config import RunConfig
@@ -61,7 +62,7 @@ def test_one_parent_per_lambda_with_the_trials_match_keys_and_the_parent_section
         assert cfg.get("data") is None  # not set in fixed: the default
     # Every trial's parent key is one of the parents'.
     for cfg in sp.trial_configs(space):
-        assert sp.parent_key(cfg) in configs
+        assert ex.parent_key(cfg) in configs
 
 
 @pytest.mark.parametrize(("parent", "params", "key", "says"), [
@@ -98,14 +99,14 @@ def test_parent_resources_are_checked():
 
 def test_training_config_points_each_trial_at_its_parent(tmp_path):
     space = pa.with_parents(space_with_parent(), pa.plan_parents(space_with_parent(), str(tmp_path)))
-    table = json.loads(space.fixed[sp.PARENTS_KEY])
+    table = json.loads(space.fixed[ex.PARENTS_KEY])
     for cfg in sp.trial_configs(space):
-        resolved = sp.training_config(cfg)
-        assert resolved["init_from"] == table[sp.parent_key(cfg)]
+        resolved = ex.training_config(cfg)
+        assert resolved["init_from"] == table[ex.parent_key(cfg)]
         assert f"lmbda{cfg['lmbda']:g}" in resolved["init_from"]
-        assert sp.PARENTS_KEY not in resolved
+        assert ex.PARENTS_KEY not in resolved
     with pytest.raises(ValueError, match="no parent for"):
-        sp.training_config({sp.PARENTS_KEY: json.dumps({"other": "/x"}), "lmbda": 0.5})
+        ex.training_config({ex.PARENTS_KEY: json.dumps({"other": "/x"}), "lmbda": 0.5})
 
 
 def test_digest_follows_the_config_and_ignores_labels(tmp_path):
@@ -222,7 +223,7 @@ def test_trials_start_from_the_parent_weights(folder, tmp_path):
                                                       "steps_per_epoch": 2, "batch_size": 2, "patch_size": 64,
                                                       "codec_interval": 0}),
                             [parent])
-    trial = sp.training_config(sp.trial_configs(space)[0])
+    trial = ex.training_config(sp.trial_configs(space)[0])
     child = Engine(RunConfig.from_dict(trial), workdir=tmp_path / "child")
     child.warm_start()
     parent_state = read_state(list_checkpoints(tmp_path / pa.PARENTS_DIR / parent.name / "checkpoints")[-1])
