@@ -32,6 +32,7 @@ from hpcm_tune.experiment import (  # the experiment directory's names and stora
     join,
     split_uri,
 )
+from hpcm_tune.source import code_commit
 from hpcm_tune.sweep.space import LAMBDA_KEY, SearchSpace, SpaceError, parse_space
 
 OPTUNA_DB = "optuna.db"  # the Optuna study of an optuna sweep without --optuna-storage (SQLite)
@@ -246,6 +247,7 @@ def experiment_meta(space: SearchSpace, opts: SweepOptions, name: str) -> dict[s
         "engine": opts.engine,
         "resources": {"cpus": space.cpus, "gpus": space.gpus},
         "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+        "commit": code_commit(),  # the code the trials run (analyze.py shows it beside its own)
     }
 
 
@@ -523,6 +525,7 @@ def resume_sweep(experiment: str, opts: SweepOptions) -> dict[str, Any]:
     tuner = tune.Tuner.restore(path, trainable, resume_unfinished=True, resume_errored=opts.retry_errored,
                                restart_errored=opts.restart_errored)
     meta.setdefault("resumed", []).append(_dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"))
+    meta.setdefault("resumed_commits", []).append(code_commit())
     write_json(join(path, META_FILE), meta)
     try:
         results = tuner.fit()

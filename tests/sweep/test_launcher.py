@@ -9,6 +9,7 @@ from types import SimpleNamespace
 import pytest
 
 from hpcm_tune import metrics
+from hpcm_tune.source import code_commit
 from hpcm_tune.sweep import cli, launcher
 from hpcm_tune.sweep import space as sp
 
@@ -85,6 +86,7 @@ def test_meta_round_trip_restores_the_space(tmp_path):
     meta = json.loads(json.dumps(meta))
     assert (meta["metric"], meta["mode"], meta["max_epochs"], meta["study"]) == (metrics.EVAL_LOSS, "min", 3, "default")
     assert meta["space_file"].endswith("default.yaml")
+    assert meta["commit"] == code_commit() != ""  # the code the trials run, for the report's provenance
     back = launcher.space_from_meta(meta)
     assert back.params == s.params and back.fixed == s.fixed and back.scheduler_options == s.scheduler_options
     path = str(tmp_path / "e" / launcher.META_FILE)
