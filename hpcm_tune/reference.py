@@ -24,7 +24,6 @@ import io
 import json
 import math
 import os
-import tempfile
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +31,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from hpcm_tune.files import atomic_write
 from hpcm_tune.registry import Registry
 
 CACHE_ENV = "HPCM_TUNE_CACHE"  # the root of hpcm-tune's caches; reference points go to <root>/reference
@@ -195,15 +195,7 @@ def _key_hash(key: dict) -> str:
 
 
 def _atomic_write_json(path: Path, value) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(value, f)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, json.dumps(value))
 
 
 def _read_cached(path: Path, key: dict, check) -> dict | None:

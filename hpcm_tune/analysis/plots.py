@@ -26,6 +26,7 @@ from scipy import stats  # noqa: E402
 from scipy.interpolate import PchipInterpolator  # noqa: E402
 
 from hpcm_tune import metrics as m  # noqa: E402
+from hpcm_tune.analysis import formatting as fmt  # noqa: E402
 from hpcm_tune.analysis.results import LMBDA, SEED, STUDY  # noqa: E402
 from hpcm_tune.analysis.tables import COLLAPSED, RATES, curve_points  # noqa: E402
 
@@ -169,15 +170,6 @@ def _legend(ax, loc: str = "best", outside: bool = False, sources: list | None =
               framealpha=0.85, **style)
 
 
-def _count_text(counts, what: str = "seeds") -> str:
-    """'3 seeds' or '2-3 seeds' of the counts behind each drawn point."""
-    counts = [int(c) for c in counts if c]
-    if not counts:
-        return f"0 {what}"
-    lo, hi = min(counts), max(counts)
-    return f"{hi} {what}" if lo == hi else f"{lo}–{hi} {what}"
-
-
 def _log_rate_axis(ax) -> None:
     """Log rate axis with plain-number tick labels (0.2, 0.5, 1), also between powers of ten: a sweep's
     rates rarely span more than a decade, where a log axis' default labels are a single 10^-1."""
@@ -293,7 +285,7 @@ def _error_note(rows: pd.DataFrame) -> str:
     n = rows["n"].to_numpy(dtype=np.float64) if "n" in rows else np.array([])
     if n.size == 0 or np.nanmax(n) < 2:
         return "error bars: none, n=1: no spread"
-    return f"error bars: ±1 std over {_count_text(n[n > 0])}"
+    return f"error bars: ±1 std over {fmt.count_range(n[n > 0])}"
 
 
 def rd_curves_figure(report, log_rate: bool = True) -> Figure:
@@ -463,7 +455,7 @@ def _delta_panel(ax, report, study: str, points: pd.DataFrame, colors: dict, bas
         if with_interval.empty:
             notes.append("n=1: no spread, no interval (one seed paired per point)")
         else:
-            notes.append(f"error bars: {CONFIDENCE:.0%} paired t intervals over {_count_text(with_interval['n'])}"
+            notes.append(f"error bars: {CONFIDENCE:.0%} paired t intervals over {fmt.count_range(with_interval['n'])}"
                          .replace("%", " %") + (" (same seed and λ, baseline at equal rate)" if basis == EQUAL_RATE
                                            else " (same seed and λ)"))
             excluding = int(((with_interval["low"] > 0) | (with_interval["high"] < 0)).sum())
@@ -574,7 +566,7 @@ def _trajectories(report, prefix: str, what: str, order: tuple[str, ...]) -> Fig
             title = "mean of each configuration's trial;\nn=1: no spread"
         elif bands:
             title = ("bands: ±1 std over each configuration's\ntrials (all λ and seeds; "
-                     f"{_count_text(counts, 'trials')} per epoch)")
+                     f"{fmt.count_range(counts, 'trials')} per epoch)")
         else:
             title = f"mean over each configuration's trials\n(all λ and seeds); no bands: > {MAX_BANDS} configurations"
         _legend(axes[r][-1], outside=True, sources=list(axes[r]), title=title)

@@ -18,6 +18,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from hpcm_tune.analysis import formatting as fmt
+
 UNKNOWN = "unknown"
 PACKAGE_DIR = Path(__file__).resolve().parents[1]  # hpcm_tune/
 CPUINFO = Path("/proc/cpuinfo")
@@ -150,7 +152,7 @@ def gpu_model(nvidia_gpus: Path) -> str:
 def _number(value) -> str:
     if isinstance(value, bool) or not isinstance(value, int | float):
         return UNKNOWN
-    return f"{value:g}"
+    return fmt.plain(float(value))
 
 
 def _threads(cpus) -> str:

@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 from scipy.interpolate import PchipInterpolator
 
+from hpcm_tune.analysis import formatting as fmt
 from hpcm_tune.analysis.results import STUDY
 from hpcm_tune.reference import ANCHOR, ReferenceWarning
 
@@ -129,13 +130,9 @@ def load_references(trials: pd.DataFrame) -> dict[str, StudyReference]:
 # ---------------------------------------------------------------------------------------------- comparisons
 
 
-def _range(x: np.ndarray) -> str:
-    return f"{np.min(x):.2f}–{np.max(x):.2f}"
-
-
 def anchor_summary(ref: StudyReference) -> str:
     bpp, psnr = ref.anchor_curve
-    return f"{ref.points.label(ANCHOR)}: {_range(bpp)} bpp, {_range(psnr)} dB"
+    return f"{ref.points.label(ANCHOR)}: {fmt.value_range(bpp)} bpp, {fmt.value_range(psnr)} dB"
 
 
 def bd_vs_anchor(ref: StudyReference, curve: dict | None, options) -> tuple[float, str | None, bool]:
@@ -211,7 +208,7 @@ def verdict(ref: StudyReference, compared: dict[str, dict[str, int]], collapsed:
     if ref.points is None:
         return [f"Reference codecs: not available ({ref.error})." if ref.error else "Reference codecs: none."]
     lines = []
-    shown = [ref.points.label(c) + f" {_range(ref.points.curve(c)[0])} bpp" for c in ref.points.codecs]
+    shown = [ref.points.label(c) + f" {fmt.value_range(ref.points.curve(c)[0])} bpp" for c in ref.points.codecs]
     lines.append(f"Reference codecs on the evaluation images ({ref.describe()}): {'; '.join(shown)}; "
                  f"flat colour (each image its mean colour): {ref.points.flat_psnr:.2f} dB.")
     for codec, why in ref.points.skipped.items():

@@ -5,9 +5,7 @@ files (CSV, LaTeX, Markdown, figures). Files are written to a temporary name and
 from __future__ import annotations
 
 import math
-import os
 import re
-import tempfile
 import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,6 +13,7 @@ from pathlib import Path
 import pandas as pd
 
 from hpcm_tune import metrics as m
+from hpcm_tune.analysis import formatting as fmt
 from hpcm_tune.analysis import provenance as prov
 from hpcm_tune.analysis.results import FINISHED, LMBDA, SEED, STATUSES, STUDY, Experiment, finite
 from hpcm_tune.analysis.tables import (
@@ -27,6 +26,7 @@ from hpcm_tune.analysis.tables import (
     study_tables,
     trial_table,
 )
+from hpcm_tune.files import atomic_write
 
 
 @dataclass
@@ -119,20 +119,12 @@ def per_image_table(experiments: list[Experiment], trials: pd.DataFrame, options
 # ---------------------------------------------------------------------------------------------- rendering
 
 
-def _cell(value) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return ""
-    if isinstance(value, float):
-        return f"{value:.4g}" if abs(value) < 1e-3 or abs(value) >= 1e5 else f"{value:.4f}".rstrip("0").rstrip(".")
-    return str(value)
-
-
 def markdown_table(df: pd.DataFrame) -> str:
     """A GitHub Markdown table, readable as plain text in a terminal (columns padded)."""
     if df.empty:
         return "_(empty)_"
     header = [str(c) for c in df.columns]
-    body = [[_cell(v).replace("|", "\\|") for v in row] for row in df.itertuples(index=False)]
+    body = [[fmt.cell(v).replace("|", "\\|") for v in row] for row in df.itertuples(index=False)]
     widths = [max(len(h), *(len(r[i]) for r in body)) for i, h in enumerate(header)]
     line = lambda cells: "| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True)) + " |"  # noqa: E731
     return "\n".join([line(header), "|" + "|".join("-" * (w + 2) for w in widths) + "|", *map(line, body)])
@@ -210,7 +202,7 @@ def latex_table(df: pd.DataFrame, caption: str, label: str, footnotes: list[str]
              rf"\begin{{tabular}}{{{cols or 'l'}}}", r"\toprule",
              " & ".join(latex_header(c) for c in df.columns) + r" \\", r"\midrule"]
     for row in df.itertuples(index=False):
-        lines.append(" & ".join(_latex_escape(_cell(v)) for v in row) + r" \\")
+        lines.append(" & ".join(_latex_escape(fmt.cell(v)) for v in row) + r" \\")
     lines += [r"\bottomrule", r"\end{tabular}}"]
     if footnotes:
         lines.append(r"\par\smallskip\begin{minipage}{\textwidth}\footnotesize\raggedright")
@@ -300,7 +292,7 @@ def render_markdown(report: Report) -> str:
             out += ["Errored trials:", ""]
             for row in errored.itertuples(index=False):
                 lam = getattr(row, LMBDA, None)
-                out.append(f"- `{row.trial_id}` ({row.configuration}, lambda {_cell(lam)}): {row.error}")
+                out.append(f"- `{row.trial_id}` ({row.configuration}, lambda {fmt.cell(lam)}): {row.error}")
             out.append("")
     return "\n".join(out) + "\n"
 
@@ -314,12 +306,12 @@ def paired_bd_display(st: StudyTables) -> pd.DataFrame:
     rows = paired[paired[LMBDA].isna()] if LMBDA in paired.columns else paired
     out = []
     for r in rows.to_dict("records"):
-        d = 3 if "dB" in str(r["quantity"]) else 2
-        interval = (f"[{r['lo']:+.{d}f}, {r['hi']:+.{d}f}]" if finite(r.get("lo")) and finite(r.get("hi")) else "")
+        d = fmt.BD_PSNR_DIGITS if "dB" in str(r["quantity"]) else fmt.BD_RATE_DIGITS
         noise = r.get("within_noise")
         out.append({"configuration": r["configuration"], "quantity": r["quantity"],
-                    "mean": f"{r['mean']:+.{d}f}" if finite(r.get("mean")) else "n/a",
-                    "95 % interval": interval, "n": int(r["n"]) if finite(r.get("n")) else 0,
+                    "mean": fmt.signed(r.get("mean"), d) or fmt.NA,
+                    "95 % interval": fmt.interval(r.get("lo"), r.get("hi"), d),
+                    "n": int(r["n"]) if finite(r.get("n")) else 0,
                     "within noise": "" if noise is None or pd.isna(noise) else ("yes" if noise else "no"),
                     "basis": r.get("basis") or "", "note": r.get("note") or ""})
     return pd.DataFrame(out)
@@ -365,12 +357,12 @@ def _per_image_markdown(report: Report, st: StudyTables) -> list[str]:
             own = at[at["configuration"] == label].set_index("image")
             n = int(own["n"].max())
             name = f"{label}{' (baseline)' if label == st.baseline else ''} (n={n})"
-            table[name] = [f"{own.at[i, 'psnr']:.2f} / {own.at[i, 'bpp']:.4f}" if i in own.index else "n/a"
+            table[name] = [fmt.psnr_bpp(own.at[i, "psnr"], own.at[i, "bpp"]) if i in own.index else fmt.NA
                            for i in table["image"]]
         mean_row = {"image": "mean over images"}
         for label, name in zip(shown, table.columns[1:], strict=True):
             own = at[at["configuration"] == label]
-            mean_row[name] = f"{own['psnr'].mean():.2f} / {own['bpp'].mean():.4f}"
+            mean_row[name] = fmt.psnr_bpp(own["psnr"].mean(), own["bpp"].mean())
         table = pd.concat([table, pd.DataFrame([mean_row])], ignore_index=True)
         out += [f"lambda {lam:g}:", "", markdown_table(table), ""]
         if len(order) > len(shown):
@@ -383,10 +375,10 @@ def _leaderboard_display(board: pd.DataFrame) -> pd.DataFrame:
     if shown.empty:
         return shown
     shown[LMBDA] = [f"{v:g}" if first else "" for v, first in zip(shown[LMBDA], shown["rank"] == 1, strict=True)]
-    for col, digits in (("loss", 4), ("psnr", 2), ("bpp", 4), ("lambda_eff", 5)):
+    for col, digits in (("loss", 4), ("psnr", fmt.PSNR_DIGITS), ("bpp", fmt.BPP_DIGITS), ("lambda_eff", 5)):
         if col not in shown.columns:
             continue
-        shown[col] = [f"{v:.{digits}f}" if isinstance(v, float) and math.isfinite(v) else "n/a" for v in shown[col]]
+        shown[col] = [fmt.fixed(v, digits) for v in shown[col]]
     return shown
 
 
@@ -395,19 +387,6 @@ def _leaderboard_display(board: pd.DataFrame) -> pd.DataFrame:
 
 def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_") or "study"
-
-
-def atomic_write(path: Path, data: str | bytes) -> None:
-    """Write to a temporary file beside ``path`` and rename it into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data.encode() if isinstance(data, str) else data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _csv(df: pd.DataFrame) -> str:

@@ -36,6 +36,7 @@ import pandas as pd
 import yaml
 
 from hpcm_tune import metrics as m
+from hpcm_tune.analysis import formatting as fmt
 from hpcm_tune.analysis.results import (
     ERRORED,
     FINISHED,
@@ -518,9 +519,10 @@ def _vs_reference(reference, rate: float, psnr: float, rate_name: str) -> str:
     if not (finite(rate) and finite(psnr)):
         return "no finite R-D point"
     result = compare_point(rate, psnr, reference.anchor_curve, reference.points.label(ANCHOR))
-    text = f"{psnr:.2f} dB at {rate:.4f} bpp ({rate_name}): {result['how']}"
+    text = f"{fmt.psnr_bpp(psnr, rate, units=True)} ({rate_name}): {result['how']}"
     if psnr <= reference.points.flat_psnr:
-        text += f"; no better than a flat colour ({reference.points.flat_psnr:.2f} dB): not a codec"
+        flat = fmt.number(reference.points.flat_psnr, fmt.PSNR_DIGITS)
+        text += f"; no better than a flat colour ({flat} dB): not a codec"
     return text
 
 
@@ -610,30 +612,23 @@ def figure_names(section: SearchSection, at: SearchAtLambda) -> dict[str, str]:
     return {kind: f"search_{slug}_lmbda{at.lmbda:g}_{kind}.png" for kind in ("params", "parallel")}
 
 
-def _fmt(value, digits: int = 4) -> str:
-    if isinstance(value, bool) or not finite(value):
-        return "n/a" if value is None or isinstance(value, float) else str(value)
-    value = float(value)
-    return f"{value:.{digits}g}" if (abs(value) < 1e-3 and value) or abs(value) >= 1e5 else f"{value:.{digits}f}"
-
-
 def board_display(section: SearchSection, at: SearchAtLambda, rows: int | None = MAX_BOARD_ROWS) -> pd.DataFrame:
     """The leaderboard as printed: short trial names, one column per searched parameter (a simplex as
     a/b/c), the value of the metric, PSNR and rate; the first ``rows`` rows (None: all)."""
     board = at.board if rows is None else at.board.head(rows)
     out = pd.DataFrame({"rank": board["rank"], "trial": board["trial"], "status": board["status"],
                         "epochs": board["epochs"],
-                        section.metric: [_fmt(v) for v in board["value"]],
-                        "PSNR (dB)": [_fmt(v, 2) for v in board["psnr"]],
-                        "bpp": [_fmt(v) for v in board["bpp"]]})
+                        section.metric: [fmt.compact(v) for v in board["value"]],
+                        "PSNR (dB)": [fmt.compact(v, fmt.PSNR_DIGITS) for v in board["psnr"]],
+                        "bpp": [fmt.compact(v, fmt.BPP_DIGITS) for v in board["bpp"]]})
     for p in section.params:
         if p.kind == "simplex":
-            out[p.name] = ["/".join(f"{board.at[i, c]:.3f}" for c in p.components) if all(
-                finite(board.at[i, c]) for c in p.components) else "n/a" for i in board.index]
+            out[p.name] = [fmt.joined((board.at[i, c] for c in p.components), 3) if all(
+                finite(board.at[i, c]) for c in p.components) else fmt.NA for i in board.index]
         elif p.categorical:
             out[p.name] = [str(v) for v in board[p.name]]
         else:
-            out[p.name] = [f"{v:.4g}" if finite(v) else "n/a" for v in board[p.name]]
+            out[p.name] = [fmt.significant(v, 4) for v in board[p.name]]
     if (board[COLLAPSED] == 1.0).any():
         out["note"] = ["collapsed †" if c == 1.0 else "" for c in board[COLLAPSED]]
     return out
@@ -647,7 +642,7 @@ def importance_display(at: SearchAtLambda) -> pd.DataFrame:
     names = sorted(first, key=lambda c: -first[c])
     out = pd.DataFrame({"parameter": names})
     for imp in at.importances:
-        out[imp.method] = [f"{imp.values[c]:.3f}" for c in names]
+        out[imp.method] = [fmt.number(imp.values[c], 3) for c in names]
     return out
 
 
@@ -697,7 +692,8 @@ def _best_markdown(section: SearchSection, at: SearchAtLambda) -> list[str]:
         return [head, "", "No finished trial at this lambda: no best configuration.", ""]
     searched = ", ".join(f"{p.name} = {_yaml_scalar(best.config[p.name]) if p.name in best.config else 'n/a'}"
                          for p in section.params if p.name != CONFIGURATION_PARAM)
-    out = [head, "", f"Trial `{best.trial_id}` ({best.trial_dir}): {section.metric} {_fmt(best.value)}; {searched}.",
+    value = fmt.compact(best.value)
+    out = [head, "", f"Trial `{best.trial_id}` ({best.trial_dir}): {section.metric} {value}; {searched}.",
            "", f"Against the reference codecs: {best.vs_reference}.", "",
            f"Parent: {best.parent or 'none (trained from scratch)'}" + (f" ({best.parent_note})" if best.parent_note
                                                                          else "") + ".", "",

@@ -21,6 +21,7 @@ import yaml
 from scipy import stats
 
 from hpcm_tune import metrics as m
+from hpcm_tune.analysis import formatting as fmt
 from hpcm_tune.analysis.bd import (
     BD_METHODS,
     DEFAULT_MIN_OVERLAP,
@@ -117,14 +118,6 @@ def _hashable(value):
     return value
 
 
-def _format_value(value) -> str:
-    if isinstance(value, tuple):
-        return "[" + ", ".join(_format_value(v) for v in value) + "]"
-    if isinstance(value, float):
-        return f"{value:g}"
-    return str(value)
-
-
 def _final_values(rows: list[dict], names: set[str] | None, prefixes: tuple[str, ...]) -> dict[str, float]:
     """Each metric's last reported finite value (evaluation may run only every few epochs)."""
     out: dict[str, float] = {}
@@ -218,14 +211,14 @@ def assign_configurations(table: pd.DataFrame) -> pd.DataFrame:
                 names[key] = given.most_common(1)[0][0]
             else:
                 first = group.iloc[0]
-                names[key] = ", ".join(f"{c}={_format_value(first[c])}" for c in varying if not _missing(first[c]))
+                names[key] = ", ".join(f"{c}={fmt.plain(first[c])}" for c in varying if not _missing(first[c]))
                 names[key] = names[key] or str(first.get(OBJECTIVE) or "configuration")
         # Two configurations with one label (a label reused, or none given): name what differs.
         clashes = Counter(names.values())
         for key, group in part.groupby("config_key", sort=False):
             if clashes[names[key]] > 1:
                 first = group.iloc[0]
-                detail = ", ".join(f"{c}={_format_value(first[c])}" for c in varying if not _missing(first[c]))
+                detail = ", ".join(f"{c}={fmt.plain(first[c])}" for c in varying if not _missing(first[c]))
                 names[key] = f"{names[key]} [{detail}]"
         for key, name in names.items():
             labels[(study, key)] = name
@@ -238,7 +231,7 @@ def _missing(value) -> bool:
 
 
 def _fmt_or_none(value):
-    return None if _missing(value) else _format_value(value)
+    return None if _missing(value) else fmt.plain(value)
 
 
 # ---------------------------------------------------------------------------------------------- RD curves
@@ -468,6 +461,8 @@ class StudyTables:
     ``per_seed`` is every trial's RD point, columns :data:`PER_SEED_COLUMNS` (``bpp`` is the rate axis
     ``rate`` chose; ``collapsed`` 1/0/NaN; ``lambda_eff`` NaN when not reported; ``epoch`` the point's epoch).
     ``point``, ``rate``, ``method`` and ``min_quality_span_db`` record the options the tables were made with.
+    ``numbers`` is the :class:`StudyNumbers` that ``ablation``, ``paired`` (numbers) and ``display``,
+    ``per_lambda``, ``footnotes`` (text, :func:`format_study`) were made from.
     """
 
     study: str
@@ -487,6 +482,7 @@ class StudyTables:
     rate: str = "bpp"
     method: str = "pchip"
     min_quality_span_db: float = DEFAULT_MIN_QUALITY_SPAN_DB
+    numbers: StudyNumbers | None = None  # the numeric ablation the tables were formatted from
 
 
 _CURVE_COLUMNS = ("rate", "psnr", "ms_ssim_db")
@@ -631,18 +627,6 @@ def _bd_one(anchor: dict, test: dict, fn, quality: str, options: AnalysisOptions
     return value, ("curves overlap little: " + overlap[0].split(": ", 1)[-1]) if overlap else None
 
 
-def _fmt(value: float, digits: int, std: float = math.nan) -> str:
-    if not finite(value):
-        return ""
-    return f"{value:.{digits}f}" + (f" ± {std:.{digits}f}" if finite(std) else "")
-
-
-def _fmt_signed(value: float, digits: int, std: float = math.nan) -> str:
-    if not finite(value):
-        return ""
-    return f"{value:+.{digits}f}" + (f" ± {std:.{digits}f}" if finite(std) else "")
-
-
 def _collapse_note(points: pd.DataFrame) -> str:
     left_out = int((points[COLLAPSED] == 1.0).sum())
     return (f"{DAGGER} collapsed (hpcm_tune.metrics.is_collapsed, at the trial's RD point): y carries less than "
@@ -688,13 +672,13 @@ def _within(lo: float, hi: float, n: int):
 def _delta_cell(rows: dict, notes: Footnotes) -> str:
     """``+0.12 dB ~ / -1.3 % (n=3) [k]`` from the ΔPSNR and Δbpp rows of one configuration and lambda."""
     parts, n = [], 0
-    for quantity, unit, digits in ((DELTA_PSNR, "dB", 3), (DELTA_RATE, "%", 2)):
+    for quantity, unit, digits in ((DELTA_PSNR, "dB", fmt.BD_PSNR_DIGITS), (DELTA_RATE, "%", fmt.BD_RATE_DIGITS)):
         row = rows.get(quantity)
         if row is None:
             continue
         n = max(n, int(row["n"]))
         mark = " ~" if _within(row["lo"], row["hi"], int(row["n"])) is True else ""
-        parts.append(f"{_fmt_signed(row['mean'], digits)} {unit}{mark}")
+        parts.append(f"{fmt.signed(row['mean'], digits)} {unit}{mark}")
     if not parts:
         return "n/a " + notes.mark("no seed in common with the baseline at this lambda: no paired difference")
     return " / ".join(parts) + f" (n={n}) " + notes.mark(ONE_SEED_NOTE if n < 2 else PAIRED_NOTE)
@@ -714,14 +698,99 @@ def _best_earlier(trials: pd.DataFrame, options: AnalysisOptions) -> int:
     return int((best < last).sum())
 
 
-def study_tables(table: pd.DataFrame, study: str, options: AnalysisOptions, header_baseline=None,
-                 reference=None) -> StudyTables:
-    """The ablation of one study. ``reference``: its analysis.references.StudyReference (adds the BD-rate vs
-    JPEG and the comparison with JPEG's points; None: no reference columns)."""
+@dataclass(frozen=True)
+class BDCell:
+    """One BD value of a configuration against the baseline, before formatting: the interval of the per-seed
+    paired values (or the one mean-curve value), its ``basis`` (:data:`PAIRED_SEEDS`, :data:`MEAN_CURVE`,
+    :data:`ANCHOR` for the baseline itself, ``""`` when n/a) and the ``reasons`` it is n/a or caveated."""
+
+    interval: Interval = field(default_factory=lambda: Interval(math.nan, math.nan, math.nan, math.nan, 0))
+    basis: str = ""
+    reasons: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class AnchorCell:
+    """The BD-rate vs JPEG of a configuration's mean curve: ``value`` (NaN when n/a), ``available`` and
+    ``reason`` (why n/a, or a caveat of the value; None when none)."""
+
+    value: float
+    available: bool
+    reason: str | None = None
+
+
+@dataclass(frozen=True)
+class LambdaCell:
+    """A configuration at one lambda: mean and std over seeds of PSNR and rate, ``n`` RD points (``have``: any),
+    ``collapsed`` (collapsed points, points) when the study reports collapse, and ``deltas``: the paired ΔPSNR /
+    Δbpp rows against the baseline by quantity (empty when none)."""
+
+    lmbda: float
+    have: bool
+    n: int = 0
+    psnr: float = math.nan
+    psnr_std: float = math.nan
+    rate: float = math.nan
+    rate_std: float = math.nan
+    collapsed: tuple[int, int] | None = None
+    deltas: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ConfigurationNumbers:
+    """Everything the tables say about one configuration of a study, as numbers (NaN for n/a, with reasons)."""
+
+    label: str
+    is_baseline: bool
+    trials: int
+    finished: int
+    errored: int
+    seeds: int
+    best_earlier: int = 0
+    ratio: bool = False  # the ratio decomposition (a footnote)
+    collapsed: tuple[int, int] | None = None  # (collapsed RD points, RD points) when the study reports collapse
+    bd: dict[str, BDCell] = field(default_factory=dict)  # BD column -> cell, in column order
+    anchor: AnchorCell | None = None  # None: no reference codecs
+    compared: dict | None = None  # references.compare_points against JPEG's points
+    at_lambda: tuple[LambdaCell, ...] = ()
+    rate_share: dict[str, float] = field(default_factory=dict)  # scale -> % of the estimated rate
+    lambda_eff: float | None = None  # mean lambda_eff/lambda (None: not reported)
+    weights: dict[str, float] = field(default_factory=dict)  # task -> mean final weight
+
+
+@dataclass(frozen=True)
+class StudyNumbers:
+    """The numeric ablation of one study, before any formatting: :func:`study_numbers` computes it,
+    :func:`numeric_table` / :func:`paired_table` turn it into DataFrames and :func:`format_study` into text."""
+
+    study: str
+    baseline: str | None
+    baseline_reason: str
+    configurations: tuple[ConfigurationNumbers, ...]
+    show_deltas: bool
+    has_collapse: bool
+    collapse_note: str
+    include_partial: bool
+
+
+@dataclass(frozen=True)
+class BDContext:
+    """What a BD value of a configuration against the baseline is computed from (:func:`_bd_cell`)."""
+
+    baseline: str | None
+    anchor: dict | None  # the baseline's mean curve
+    mean_curves: dict  # configuration -> mean curve (collapsed points left out)
+    seed_curves: dict  # configuration -> seed -> curve
+    options: AnalysisOptions
+    cache: dict = field(default_factory=dict)  # (configuration, seed, quality) -> curve problem
+
+
+def study_numbers(table: pd.DataFrame, study: str, options: AnalysisOptions, header_baseline=None,
+                  reference=None) -> tuple[StudyNumbers, pd.DataFrame, list[str]]:
+    """The numeric ablation of one study, its RD points and the reference verdict sentences."""
     from hpcm_tune.analysis import references as refs
 
     part = table[table[STUDY] == study]
-    notes = Footnotes()
     baseline, reason = choose_baseline(part, options, header_baseline)
     points = curve_points(part, options)
     lambdas = sorted(points[LMBDA].unique()) if not points.empty else []
@@ -732,21 +801,20 @@ def study_tables(table: pd.DataFrame, study: str, options: AnalysisOptions, head
     bd_points = points[~is_collapsed] if has_collapse else points
     all_collapsed = ({lb for lb, g in points.groupby("configuration") if (g[COLLAPSED] == 1.0).all()}
                      if has_collapse else set())
-    collapse_note = _collapse_note(points) if has_collapse else ""
     all_curves = {k[0]: v for k, v in _curves(points, ["configuration"]).items()}
     mean_curves_ = {k[0]: v for k, v in _curves(bd_points, ["configuration"]).items()}
     seed_curves: dict[str, dict] = {}
     for (label, seed), curve in _curves(bd_points, ["configuration", SEED]).items():
         seed_curves.setdefault(label, {})[seed] = curve
-    anchor = mean_curves_.get(baseline)
+    ctx = BDContext(baseline=baseline, anchor=mean_curves_.get(baseline), mean_curves=mean_curves_,
+                    seed_curves=seed_curves, options=options)
     bd_columns = [c for c in _BD_COLUMNS if has_ms_ssim or c[0] != "ms_ssim_db"]
     at_lambda = (points.groupby(["configuration", LMBDA])[["psnr", "rate"]].agg(["mean", "std", "count"])
                  if not points.empty else None)
     collapsed_at = (points.assign(_c=is_collapsed).groupby(["configuration", LMBDA])["_c"].agg(["sum", "count"])
                     if has_collapse else None)
-    deltas = _paired_at_lambda(points, baseline)
     delta_rows: dict[tuple, dict] = {}
-    for row in deltas.to_dict("records"):
+    for row in _paired_at_lambda(points, baseline).to_dict("records"):
         delta_rows.setdefault((row["configuration"], row[LMBDA]), {})[row["quantity"]] = row
     show_deltas = baseline is not None and bool((points["configuration"] == baseline).any()) if lambdas else False
     trials_by = dict(tuple(part.groupby("configuration", sort=False)))
@@ -755,138 +823,214 @@ def study_tables(table: pd.DataFrame, study: str, options: AnalysisOptions, head
                   if lambda_eff_col in part.columns and LMBDA in part.columns else None)
     if lambda_eff is not None and not np.isfinite(lambda_eff.to_numpy(dtype=np.float64)).any():
         lambda_eff = None
-    compared: dict[str, dict] = {}
-    paired_rows: list[dict] = []
-    problem_cache: dict = {}
-
-    rows, display, per_lambda = [], [], []
     weight_cols = [c for c in part.columns if c.startswith(m.weight_name(""))]
+    configurations, compared = [], {}
     for label, trials in trials_by.items():
         n_seeds = (int(bd_points.loc[bd_points["configuration"] == label, SEED].nunique())
                    if label in mean_curves_ else 0)
         finished = trials["status"] == FINISHED
-        num: dict = {"configuration": label, "baseline": label == baseline,
-                     "trials": len(trials), "finished": int(finished.sum()),
-                     "errored": int((trials["status"] == ERRORED).sum()), "seeds": n_seeds}
-        disp: dict = {"configuration": label + (" (baseline)" if label == baseline else ""),
-                      "trials": f"{num['finished']}/{num['trials']}"}
-        earlier = _best_earlier(trials, options)
-        if earlier:
-            num["best earlier"] = earlier
-            disp["trials"] += f" ({earlier} best earlier) " + notes.mark(EARLIER_NOTE)
-        if DECOMPOSITION in trials.columns and (trials[DECOMPOSITION] == RATIO_DECOMPOSITION).any():
-            disp["configuration"] += " " + notes.mark(RATIO_NOTE)
-        if has_collapse:
-            own = is_collapsed[points["configuration"] == label]
-            num[COLLAPSED], num["rd points"] = int(own.sum()), len(own)
-            disp[COLLAPSED] = f"{int(own.sum())}/{len(own)}"
-            if own.any():
-                disp["configuration"] += f" {DAGGER}"
-                disp[COLLAPSED] += " " + notes.mark(collapse_note)
+        bd = {}
         for quality, fn, key in bd_columns:
-            digits = 3 if key == "BD-PSNR (dB)" else 2
-            empty = Interval(math.nan, math.nan, math.nan, math.nan, 0)
-            if label in all_collapsed and not (label == baseline and anchor is not None):
-                why = (f"every RD point of this configuration collapsed ({DAGGER}): no BD value"
-                       + (", and it is the baseline" if label == baseline else ""))
-                disp[key] = "n/a " + notes.mark(why)
-                _put_bd(num, key, empty, "")
-                if label != baseline:
-                    paired_rows.append(_paired_row(label, math.nan, key, empty, "", [why]))
-                continue
-            if label == baseline:
-                if anchor is not None:
-                    _put_bd(num, key, Interval(0.0, math.nan, math.nan, math.nan, n_seeds), ANCHOR)
-                    disp[key] = "0 (anchor)"
-                else:
-                    _put_bd(num, key, empty, "")
-                    disp[key] = "n/a " + notes.mark(f"the baseline {baseline!r} has no usable RD point: no BD-rate")
-                continue
-            cell, interval, basis, reasons = _bd_cell(label, baseline, anchor, mean_curves_, seed_curves, fn, quality,
-                                                      digits, options, notes, problem_cache)
-            _put_bd(num, key, interval, basis)
-            disp[key] = cell
-            paired_rows.append(_paired_row(label, math.nan, key, interval, basis, reasons))
-        if reference is not None:
-            value, disp[refs.BD_VS_ANCHOR] = _anchor_cell(reference, label, mean_curves_, all_collapsed, options,
-                                                          notes)
-            num[refs.BD_VS_ANCHOR] = value
-            compared[label] = refs.compare_points(reference, all_curves.get(label))
-            disp[refs.VS_ANCHOR] = refs.comparison_cell(compared[label]) or "n/a"
-        lam_disp = {"configuration": disp["configuration"]}
-        for lam in lambdas:
-            column = f"lambda {lam:g}"
-            have = at_lambda is not None and (label, lam) in at_lambda.index
-            stats_ = at_lambda.loc[(label, lam)] if have else None
-            n = int(stats_[("psnr", "count")]) if have else 0
-            num[f"PSNR @{lam:g}"] = float(stats_[("psnr", "mean")]) if have else math.nan
-            num[f"PSNR @{lam:g} std"] = float(stats_[("psnr", "std")]) if have else math.nan
-            num[f"bpp @{lam:g}"] = float(stats_[("rate", "mean")]) if have else math.nan
-            num[f"bpp @{lam:g} std"] = float(stats_[("rate", "std")]) if have else math.nan
-            num[f"n @{lam:g}"] = n
-            if not have:
-                lam_disp[column] = "n/a " + notes.mark(
-                    f"no {'usable ' if options.include_partial else 'finished '}trial at this lambda")
+            if label in all_collapsed and not (label == baseline and ctx.anchor is not None):
+                bd[key] = BDCell(reasons=(f"every RD point of this configuration collapsed ({DAGGER}): no BD value"
+                                          + (", and it is the baseline" if label == baseline else ""),))
+            elif label == baseline:
+                bd[key] = (BDCell(Interval(0.0, math.nan, math.nan, math.nan, n_seeds), ANCHOR)
+                           if ctx.anchor is not None else
+                           BDCell(reasons=(f"the baseline {baseline!r} has no usable RD point: no BD-rate",)))
             else:
-                lam_disp[column] = (f"{_fmt(num[f'PSNR @{lam:g}'], 2, num[f'PSNR @{lam:g} std'])} dB / "
-                                    f"{_fmt(num[f'bpp @{lam:g}'], 4, num[f'bpp @{lam:g} std'])} (n={n})")
-                if collapsed_at is not None and (label, lam) in collapsed_at.index:
-                    k, total = (int(v) for v in collapsed_at.loc[(label, lam)])
-                    if 0 < k < total:
-                        lam_disp[column] += " " + notes.mark(MIXED_NOTE)
-                    if k:
-                        lam_disp[column] += f" {DAGGER} {k}/{total}"
-            if not show_deltas:
+                bd[key] = _bd_cell(label, fn, quality, ctx)
+        anchor = None
+        if reference is not None:
+            anchor = _anchor_cell(reference, label, mean_curves_, all_collapsed, options)
+            compared[label] = refs.compare_points(reference, all_curves.get(label))
+        cells = []
+        for lam in lambdas:
+            have = at_lambda is not None and (label, lam) in at_lambda.index
+            k_total = None
+            if collapsed_at is not None and (label, lam) in collapsed_at.index:
+                k_total = tuple(int(v) for v in collapsed_at.loc[(label, lam)])
+            if not have:
+                cells.append(LambdaCell(lam, False, collapsed=k_total, deltas=delta_rows.get((label, lam), {})))
                 continue
-            if label == baseline:
-                lam_disp[f"Δ {column}"] = "baseline"
-                continue
-            found = delta_rows.get((label, lam), {})
-            lam_disp[f"Δ {column}"] = (_delta_cell(found, notes) if have else
-                                       "n/a " + notes.mark("no point at this lambda: no paired difference"))
-            for quantity in (DELTA_PSNR, DELTA_RATE):
-                row = found.get(quantity)
-                interval = (Interval(float(row["mean"]), float(row["std"]), float(row["lo"]), float(row["hi"]),
-                                     int(row["n"])) if row is not None else Interval(math.nan, math.nan, math.nan,
-                                                                                      math.nan, 0))
-                why = ([] if row is not None else ["no seed in common with the baseline at this lambda" if have
-                                                   else "no point at this lambda"])
-                paired_rows.append(_paired_row(label, lam, quantity, interval, PAIRED_SEEDS if row is not None
-                                               else "", why))
-        per_lambda.append(lam_disp)
-        share = _rate_shares(trials, options)
-        for scale, value in share.items():
-            num[f"rate share {scale} (%)"] = value
-        disp["rate share s1/s2/s3 (%)"] = ("/".join(f"{v:.0f}" for v in share.values())
-                                           if all(finite(v) for v in share.values()) else "n/a " + notes.mark(
-                                               "per-scale rates not reported"))
+            s = at_lambda.loc[(label, lam)]
+            cells.append(LambdaCell(lam, True, int(s[("psnr", "count")]), float(s[("psnr", "mean")]),
+                                    float(s[("psnr", "std")]), float(s[("rate", "mean")]), float(s[("rate", "std")]),
+                                    k_total, delta_rows.get((label, lam), {})))
         done = trials[finished] if finished.any() else trials
-        if lambda_eff is not None:
-            value = float(lambda_eff.loc[done.index].mean())
-            num[LAMBDA_EFF_RATIO] = value
-            disp[LAMBDA_EFF_RATIO] = f"{value:.3g}" if finite(value) else ""
-        for col in weight_cols:
-            task = col.split("/", 1)[1]
-            value = float(pd.to_numeric(done[col], errors="coerce").mean())
-            num[f"w {task}"] = value
-            disp[f"w {task}"] = f"{value:.3f}" if finite(value) else ""
-        rows.append(num)
-        display.append(disp)
-    ablation = pd.DataFrame(rows)
-    disp_df = pd.DataFrame(display).fillna("")
-    lambda_df = pd.DataFrame(per_lambda).fillna("")
+        own = is_collapsed[points["configuration"] == label] if has_collapse else None
+        configurations.append(ConfigurationNumbers(
+            label=label, is_baseline=label == baseline, trials=len(trials), finished=int(finished.sum()),
+            errored=int((trials["status"] == ERRORED).sum()), seeds=n_seeds,
+            best_earlier=_best_earlier(trials, options),
+            ratio=bool(DECOMPOSITION in trials.columns and (trials[DECOMPOSITION] == RATIO_DECOMPOSITION).any()),
+            collapsed=(int(own.sum()), len(own)) if own is not None else None,
+            bd=bd, anchor=anchor, compared=compared.get(label), at_lambda=tuple(cells),
+            rate_share=_rate_shares(trials, options),
+            lambda_eff=float(lambda_eff.loc[done.index].mean()) if lambda_eff is not None else None,
+            weights={c.split("/", 1)[1]: float(pd.to_numeric(done[c], errors="coerce").mean()) for c in weight_cols}))
     verdict = (refs.verdict(reference, compared, [lb for lb in trials_by if (is_collapsed[points["configuration"]
                                                                                           == lb]).any()])
                if reference is not None else [])
-    return StudyTables(study=study, baseline=baseline, baseline_reason=reason, ablation=ablation,
-                       display=disp_df, per_lambda=lambda_df, leaderboard=leaderboard(part, options),
-                       footnotes=notes.texts,
+    numbers = StudyNumbers(study=study, baseline=baseline, baseline_reason=reason,
+                           configurations=tuple(configurations), show_deltas=show_deltas, has_collapse=has_collapse,
+                           collapse_note=_collapse_note(points) if has_collapse else "",
+                           include_partial=options.include_partial)
+    return numbers, points, verdict
+
+
+def numeric_table(numbers: StudyNumbers) -> pd.DataFrame:
+    """The ablation as numbers, one row per configuration (:attr:`StudyTables.ablation`)."""
+    rows = []
+    for c in numbers.configurations:
+        num: dict = {"configuration": c.label, "baseline": c.is_baseline, "trials": c.trials,
+                     "finished": c.finished, "errored": c.errored, "seeds": c.seeds}
+        if c.best_earlier:
+            num["best earlier"] = c.best_earlier
+        if c.collapsed is not None:
+            num[COLLAPSED], num["rd points"] = c.collapsed
+        for key, cell in c.bd.items():
+            _put_bd(num, key, cell.interval, cell.basis)
+        if c.anchor is not None:
+            from hpcm_tune.analysis.references import BD_VS_ANCHOR
+
+            num[BD_VS_ANCHOR] = c.anchor.value
+        for cell in c.at_lambda:
+            lam = f"{cell.lmbda:g}"
+            num[f"PSNR @{lam}"], num[f"PSNR @{lam} std"] = cell.psnr, cell.psnr_std
+            num[f"bpp @{lam}"], num[f"bpp @{lam} std"] = cell.rate, cell.rate_std
+            num[f"n @{lam}"] = cell.n
+        for scale, value in c.rate_share.items():
+            num[f"rate share {scale} (%)"] = value
+        if c.lambda_eff is not None:
+            num[LAMBDA_EFF_RATIO] = c.lambda_eff
+        for task, value in c.weights.items():
+            num[f"w {task}"] = value
+        rows.append(num)
+    return pd.DataFrame(rows)
+
+
+def paired_table(numbers: StudyNumbers) -> pd.DataFrame:
+    """Every configuration but the baseline against the baseline (:attr:`StudyTables.paired`)."""
+    rows = []
+    for c in numbers.configurations:
+        if c.is_baseline:
+            continue
+        for key, cell in c.bd.items():
+            rows.append(_paired_row(c.label, math.nan, key, cell.interval, cell.basis, list(cell.reasons)))
+        if not numbers.show_deltas:
+            continue
+        for at in c.at_lambda:
+            for quantity in (DELTA_PSNR, DELTA_RATE):
+                row = at.deltas.get(quantity)
+                interval = (Interval(float(row["mean"]), float(row["std"]), float(row["lo"]), float(row["hi"]),
+                                     int(row["n"])) if row is not None else Interval(math.nan, math.nan, math.nan,
+                                                                                      math.nan, 0))
+                why = ([] if row is not None else ["no seed in common with the baseline at this lambda" if at.have
+                                                   else "no point at this lambda"])
+                rows.append(_paired_row(c.label, at.lmbda, quantity, interval, PAIRED_SEEDS if row is not None
+                                        else "", why))
+    return pd.DataFrame(rows, columns=PAIRED_COLUMNS)
+
+
+def format_study(numbers: StudyNumbers) -> tuple[pd.DataFrame, pd.DataFrame, list[str]]:
+    """The printed forms of the numeric ablation: (display, per_lambda, footnotes). Footnotes are numbered in
+    the order the cells are written: configuration by configuration, its ablation cells, then its cells per
+    lambda, then its rate shares."""
+    from hpcm_tune.analysis import references as refs
+
+    notes = Footnotes()
+    display, per_lambda = [], []
+    for c in numbers.configurations:
+        disp: dict = {"configuration": c.label + (" (baseline)" if c.is_baseline else ""),
+                      "trials": f"{c.finished}/{c.trials}"}
+        if c.best_earlier:
+            disp["trials"] += f" ({c.best_earlier} best earlier) " + notes.mark(EARLIER_NOTE)
+        if c.ratio:
+            disp["configuration"] += " " + notes.mark(RATIO_NOTE)
+        if c.collapsed is not None:
+            disp[COLLAPSED] = f"{c.collapsed[0]}/{c.collapsed[1]}"
+            if c.collapsed[0]:
+                disp["configuration"] += f" {DAGGER}"
+                disp[COLLAPSED] += " " + notes.mark(numbers.collapse_note)
+        for key, cell in c.bd.items():
+            disp[key] = format_bd_cell(cell, BD_DIGITS[key], notes)
+        if c.anchor is not None:
+            a = c.anchor
+            disp[refs.BD_VS_ANCHOR] = ("n/a " + notes.mark(a.reason) if not a.available else
+                                       fmt.signed(a.value, fmt.BD_RATE_DIGITS) + (" " + notes.mark(a.reason)
+                                                                                  if a.reason else ""))
+            disp[refs.VS_ANCHOR] = refs.comparison_cell(c.compared) or fmt.NA
+        lam_disp = {"configuration": disp["configuration"]}
+        for at in c.at_lambda:
+            column = f"lambda {at.lmbda:g}"
+            lam_disp[column] = format_lambda_cell(at, notes, numbers.include_partial)
+            if not numbers.show_deltas:
+                continue
+            lam_disp[f"Δ {column}"] = ("baseline" if c.is_baseline else _delta_cell(at.deltas, notes) if at.have else
+                                       "n/a " + notes.mark("no point at this lambda: no paired difference"))
+        per_lambda.append(lam_disp)
+        shares = c.rate_share.values()
+        disp["rate share s1/s2/s3 (%)"] = (fmt.joined(shares, 0) if all(finite(v) for v in shares)
+                                           else "n/a " + notes.mark("per-scale rates not reported"))
+        if c.lambda_eff is not None:
+            disp[LAMBDA_EFF_RATIO] = fmt.significant(c.lambda_eff, 3, missing="")
+        for task, value in c.weights.items():
+            disp[f"w {task}"] = fmt.fixed(value, 3, missing="")
+        display.append(disp)
+    return pd.DataFrame(display).fillna(""), pd.DataFrame(per_lambda).fillna(""), notes.texts
+
+
+def format_bd_cell(cell: BDCell, digits: int, notes: Footnotes) -> str:
+    """``+1.23 ± 0.40 (n=3) ~ [k]``, ``+1.23 (n=1) [k]``, ``+1.23 (mean curve) [k]``, ``0 (anchor)`` or ``n/a
+    [k]``; the reasons' footnotes are numbered before the basis' note."""
+    if cell.basis == ANCHOR:
+        return "0 (anchor)"
+    marks = "".join(" " + notes.mark(r) for r in dict.fromkeys(cell.reasons))
+    interval = cell.interval
+    if not cell.basis:
+        return "n/a" + marks
+    if cell.basis == MEAN_CURVE:
+        return f"{fmt.signed(interval.mean, digits)} (mean curve) " + notes.mark(MEAN_CURVE_NOTE) + marks
+    if interval.n < 2:
+        return f"{fmt.signed(interval.mean, digits)} (n=1) " + notes.mark(ONE_SEED_NOTE) + marks
+    mark = " ~" if interval.within_noise else ""
+    return (f"{fmt.signed(interval.mean, digits, interval.std)} (n={interval.n}){mark} " + notes.mark(PAIRED_NOTE)
+            + marks)
+
+
+def format_lambda_cell(cell: LambdaCell, notes: Footnotes, include_partial: bool = False) -> str:
+    """``31.20 ± 0.10 dB / 0.4123 ± 0.0100 (n=3)``, with the collapse count (``† 1/3``) and a footnote when the
+    seeds disagree; ``n/a [k]`` without a point."""
+    if not cell.have:
+        return "n/a " + notes.mark(f"no {'usable ' if include_partial else 'finished '}trial at this lambda")
+    text = (f"{fmt.number(cell.psnr, fmt.PSNR_DIGITS, cell.psnr_std)} dB / "
+            f"{fmt.number(cell.rate, fmt.BPP_DIGITS, cell.rate_std)} (n={cell.n})")
+    if cell.collapsed is not None:
+        k, total = cell.collapsed
+        if 0 < k < total:
+            text += " " + notes.mark(MIXED_NOTE)
+        if k:
+            text += f" {DAGGER} {k}/{total}"
+    return text
+
+
+def study_tables(table: pd.DataFrame, study: str, options: AnalysisOptions, header_baseline=None,
+                 reference=None) -> StudyTables:
+    """The ablation of one study: :func:`study_numbers`, then :func:`format_study`. ``reference``: its
+    analysis.references.StudyReference (adds the BD-rate vs JPEG and the comparison with JPEG's points; None: no
+    reference columns)."""
+    numbers, points, verdict = study_numbers(table, study, options, header_baseline, reference)
+    display, per_lambda, footnotes = format_study(numbers)
+    part = table[table[STUDY] == study]
+    return StudyTables(study=study, baseline=numbers.baseline, baseline_reason=numbers.baseline_reason,
+                       ablation=numeric_table(numbers), display=display, per_lambda=per_lambda,
+                       leaderboard=leaderboard(part, options), footnotes=footnotes,
                        user_baseline_found=bool(options.baseline and match_baseline(part, options.baseline)),
-                       reference=reference, reference_notes=verdict,
-                       paired=pd.DataFrame(paired_rows, columns=PAIRED_COLUMNS),
-                       per_seed=_per_seed(points, list(trials_by), has_collapse),
+                       reference=reference, reference_notes=verdict, paired=paired_table(numbers),
+                       per_seed=_per_seed(points, [c.label for c in numbers.configurations], numbers.has_collapse),
                        point=options.point, rate=options.rate, method=options.method,
-                       min_quality_span_db=options.min_quality_span_db)
+                       min_quality_span_db=options.min_quality_span_db, numbers=numbers)
 
 
 def _put_bd(num: dict, key: str, interval: Interval, basis: str) -> None:
@@ -914,26 +1058,24 @@ def _per_seed(points: pd.DataFrame, order: list[str], has_collapse: bool) -> pd.
     return out.reindex(columns=columns).reset_index(drop=True)
 
 
-def _anchor_cell(reference, label: str, curves: dict, all_collapsed: set, options: AnalysisOptions,
-                 notes: Footnotes) -> tuple[float, str]:
-    """(BD-rate vs JPEG of the configuration's mean curve, collapsed trials left out; its cell)."""
+def _anchor_cell(reference, label: str, curves: dict, all_collapsed: set, options: AnalysisOptions) -> AnchorCell:
+    """BD-rate vs JPEG of the configuration's mean curve, collapsed trials left out."""
     from hpcm_tune.analysis import references as refs
 
     if reference.anchor_curve is None:
         why = reference.error or "JPEG not available in this Pillow build"
-        return math.nan, "n/a " + notes.mark(f"no reference codec points: {why}")
+        return AnchorCell(math.nan, False, f"no reference codec points: {why}")
     if label in all_collapsed:
-        return math.nan, "n/a " + notes.mark(f"every RD point of this configuration collapsed ({DAGGER}): no BD "
-                                             "value")
+        return AnchorCell(math.nan, False, f"every RD point of this configuration collapsed ({DAGGER}): no BD value")
     curve = curves.get(label)
     problem = _problem(curve, "psnr", options) if curve is not None else None
     if problem:
-        return math.nan, "n/a " + notes.mark(f"mean curve: {problem}")
+        return AnchorCell(math.nan, False, f"mean curve: {problem}")
     value, note, unavailable = refs.bd_vs_anchor(reference, curve, options)
     if unavailable:
         why = note or ("no finished trial" if not options.include_partial else "no trial with eval results")
-        return math.nan, "n/a " + notes.mark(why)
-    return value, _fmt_signed(value, 2) + (" " + notes.mark(note) if note else "")
+        return AnchorCell(math.nan, False, why)
+    return AnchorCell(value, True, note or None)
 
 
 _BD_COLUMNS = (
@@ -941,32 +1083,21 @@ _BD_COLUMNS = (
     ("ms_ssim_db", bd_rate, "BD-rate MS-SSIM (%)"),
     ("psnr", bd_psnr, "BD-PSNR (dB)"),
 )
+BD_DIGITS = {"BD-rate PSNR (%)": fmt.BD_RATE_DIGITS, "BD-rate MS-SSIM (%)": fmt.BD_RATE_DIGITS,
+             "BD-PSNR (dB)": fmt.BD_PSNR_DIGITS}
 
 
-def _bd_cell(label, baseline, anchor, mean_curves_, seed_curves, fn, quality, digits, options, notes, cache):
-    """(cell, interval, basis, reasons) of one BD column of a configuration other than the baseline."""
-    empty = Interval(math.nan, math.nan, math.nan, math.nan, 0)
-    if anchor is None:
-        why = "the baseline has no usable RD point: no BD-rate"
-        return "n/a " + notes.mark(why), empty, "", [why]
-    mean_curve = mean_curves_.get(label)
+def _bd_cell(label: str, fn, quality: str, ctx: BDContext) -> BDCell:
+    """One BD column of a configuration other than the baseline."""
+    if ctx.anchor is None:
+        return BDCell(reasons=("the baseline has no usable RD point: no BD-rate",))
+    mean_curve = ctx.mean_curves.get(label)
     if mean_curve is None or not np.isfinite(mean_curve[quality]).any():
-        why = "no finished trial" if not options.include_partial else "no trial with eval results"
-        why = why if mean_curve is None else f"{quality} not reported"
-        return "n/a " + notes.mark(why), empty, "", [why]
-    interval, basis, reasons = _bd_paired(label, baseline, seed_curves, mean_curves_, fn, quality, options, cache)
-    marks = "".join(" " + notes.mark(r) for r in dict.fromkeys(reasons))
-    if not basis:
-        return "n/a" + marks, interval, basis, reasons
-    if basis == MEAN_CURVE:
-        return (f"{_fmt_signed(interval.mean, digits)} (mean curve) " + notes.mark(MEAN_CURVE_NOTE) + marks,
-                interval, basis, reasons)
-    if interval.n < 2:
-        return f"{_fmt_signed(interval.mean, digits)} (n=1) " + notes.mark(ONE_SEED_NOTE) + marks, interval, basis, \
-            reasons
-    mark = " ~" if interval.within_noise else ""
-    cell = f"{_fmt_signed(interval.mean, digits, interval.std)} (n={interval.n}){mark} " + notes.mark(PAIRED_NOTE)
-    return cell + marks, interval, basis, reasons
+        why = "no finished trial" if not ctx.options.include_partial else "no trial with eval results"
+        return BDCell(reasons=(why if mean_curve is None else f"{quality} not reported",))
+    interval, basis, reasons = _bd_paired(label, ctx.baseline, ctx.seed_curves, ctx.mean_curves, fn, quality,
+                                          ctx.options, ctx.cache)
+    return BDCell(interval, basis, tuple(reasons))
 
 
 def _rate_shares(trials: pd.DataFrame, options: AnalysisOptions) -> dict[str, float]:
