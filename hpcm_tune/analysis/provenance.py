@@ -12,15 +12,14 @@ from __future__ import annotations
 import importlib.metadata
 import platform
 import shlex
-import subprocess
 import sys
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from hpcm_tune.analysis import formatting as fmt
+from hpcm_tune.source import UNKNOWN, code_commit
 
-UNKNOWN = "unknown"
 PACKAGE_DIR = Path(__file__).resolve().parents[1]  # hpcm_tune/
 CPUINFO = Path("/proc/cpuinfo")
 NVIDIA_GPUS = Path("/proc/driver/nvidia/gpus")
@@ -46,6 +45,7 @@ class ExperimentProvenance:
     command_note: str = ""
     created: str = UNKNOWN
     resumed: tuple[str, ...] = ()
+    commit: str = UNKNOWN  # the code the trials ran (hpcm_tune.json 'commit'; older sweeps did not record it)
 
 
 @dataclass(frozen=True)
@@ -62,35 +62,8 @@ class Provenance:
 # ---------------------------------------------------------------------------------------------- this machine
 
 
-def _git(args: list[str], cwd: Path) -> str | None:
-    try:
-        done = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, timeout=10, check=False)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return done.stdout.strip() if done.returncode == 0 else None
-
-
-def package_commit(package_dir: Path) -> str:
-    """``git rev-parse HEAD`` of the checkout the package is imported from, ``+dirty`` when a tracked file
-    differs from it; ``unknown`` when the package is not in a git checkout (e.g. installed into site-packages,
-    even inside some other repository: the package's own __init__.py must be tracked there)."""
-    if not package_dir.is_dir():
-        return UNKNOWN
-    top = _git(["rev-parse", "--show-toplevel"], package_dir)
-    if not top:
-        return UNKNOWN
-    init = package_dir / "__init__.py"
-    try:
-        relative = init.resolve().relative_to(Path(top).resolve())
-    except ValueError:
-        return UNKNOWN
-    if _git(["ls-files", "--error-unmatch", str(relative)], Path(top)) is None:
-        return UNKNOWN
-    head = _git(["rev-parse", "HEAD"], Path(top))
-    if not head:
-        return UNKNOWN
-    status = _git(["status", "--porcelain", "--untracked-files=no"], Path(top))
-    return head + ("+dirty" if status else "") if status is not None else head + " (dirty state unknown)"
+# The commit of a checkout: one implementation, shared with the sweep (which records it in hpcm_tune.json).
+package_commit = code_commit
 
 
 def _version(dist: str, module: str | None = None) -> str:
@@ -264,7 +237,8 @@ def experiment_provenance(experiment) -> ExperimentProvenance:
         name=experiment.name, hosts=dict(hosts), devices=dict(devices),
         cpus_per_trial=_number(resources.get("cpus")), gpus_per_trial=_number(resources.get("gpus")),
         torch_threads=_threads(resources.get("cpus")), command=command, command_note=note,
-        created=str(header.get("created") or UNKNOWN), resumed=tuple(str(t) for t in resumed))
+        created=str(header.get("created") or UNKNOWN), resumed=tuple(str(t) for t in resumed),
+        commit=str(header.get("commit") or f"{UNKNOWN} (not recorded by this sweep)"))
 
 
 def collect(experiments: list) -> Provenance:
@@ -295,6 +269,7 @@ def _entries(prov: Provenance, command: list[str] | None) -> list[tuple[str, str
                     f"{_counts(exp.devices, 'device')}; CPUs per trial {exp.cpus_per_trial}, GPUs per trial "
                     f"{exp.gpus_per_trial}; torch threads per trial {exp.torch_threads}", "", ""))
         when = f"created {exp.created}" + (f", resumed {', '.join(exp.resumed)}" if exp.resumed else "")
+        when += f"; trials ran commit {exp.commit}"
         cmd = "" if exp.command == UNKNOWN else exp.command
         out.append((f"experiment {exp.name} command", "" if cmd else UNKNOWN, cmd, f" ({exp.command_note}; {when})"))
     return out

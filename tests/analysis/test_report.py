@@ -16,6 +16,7 @@ from hpcm_tune.analysis.cli import main
 from hpcm_tune.analysis.report import build_report, render_markdown, write_outputs
 from hpcm_tune.analysis.results import load_experiments
 from hpcm_tune.analysis.tables import AnalysisOptions
+from hpcm_tune.source import code_commit
 from hpcm_tune.testing import image_psnr_offset, image_rate_factor, write_experiment_dir
 
 IMAGES = ("kodim01.png", "kodim02.png", "kodim03.png")
@@ -209,6 +210,7 @@ def test_provenance_names_commit_versions_machine_hosts_and_both_commands(storag
     assert tune == (f"python tune.py --space {shlex.quote(str(SPACE_FILE))} --name exp --engine fake "
                     "--epochs 4 --num-samples 2 --cpus-per-trial 2 --set steps_per_epoch=7")
     assert "resumed 2026-01-02T00:00:00+00:00" in block
+    assert f"trials ran commit {code_commit()})" in block  # recorded by the sweep when it started
     assert text.index("`--point best`") < text.index("Provenance:")
 
 
@@ -228,22 +230,4 @@ def test_provenance_without_git_cpuinfo_or_recorded_resources_says_unknown(stora
     assert "report command: unknown (not passed by the caller)" in text
     assert "CPUs per trial unknown, GPUs per trial unknown; torch threads per trial unknown" in text
     assert "experiment exp command: `python tune.py --space search_spaces/study.yaml --name exp`" in text
-
-
-def test_package_commit_of_a_checkout_clean_and_dirty(tmp_path):
-    if shutil.which("git") is None:
-        pytest.skip("git not installed")
-    repo = tmp_path / "repo"
-    package = repo / "hpcm_tune"
-    package.mkdir(parents=True)
-    (package / "__init__.py").write_text("x = 1\n")
-    git = ["git", "-c", "user.name=t", "-c", "user.email=t@example.org", "-c", "commit.gpgsign=false"]
-    subprocess.run([*git, "init", "-q"], cwd=repo, check=True)
-    assert prov.package_commit(package) == "unknown"  # in a repository, but not tracked there
-    subprocess.run([*git, "add", "hpcm_tune/__init__.py"], cwd=repo, check=True)
-    subprocess.run([*git, "commit", "-q", "-m", "c"], cwd=repo, check=True)
-    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True,
-                          check=True).stdout.strip()
-    assert prov.package_commit(package) == head
-    (package / "__init__.py").write_text("x = 2\n")
-    assert prov.package_commit(package) == head + "+dirty"
+    assert "trials ran commit unknown (not recorded by this sweep)" in text
