@@ -2,7 +2,7 @@
 
 Layout: ``<root>/epoch_000005/state.pt`` (+ ``meta.json`` for people and tools). A checkpoint directory is
 first written under a hidden temporary name and renamed into place, so a crash never leaves a half-written
-checkpoint where a good one was (DESIGN.md §9); the state file inside is itself written to a temporary name and
+checkpoint where a good one was (docs/design.md §9); the state file inside is itself written to a temporary name and
 renamed. ``state.pt`` holds only tensors and plain Python containers and is read with
 ``torch.load(weights_only=True)``, which refuses anything that would run code.
 

@@ -6,7 +6,7 @@ form; ``RunConfig.from_dict`` also accepts the nested form (``{"optimizer": {"lr
 of the section dataclasses). Every value is checked at construction: a bad key or value raises ValueError
 naming the key, the value and what is allowed, so a typo in a search space fails before any trial starts.
 
-Defaults are the published ones (HPCM, ICCV 2025, official training; Balanced-RD, CVPR 2025; DESIGN.md §2-§4):
+Defaults are the published ones (HPCM, ICCV 2025, official training; Balanced-RD, CVPR 2025; docs/design.md §2-§4):
 Adam lr 1e-4 stepped down at epochs 2750/2850/2950 of 3001, clip norm 1.0, w_lr 0.025, gammas
 0.008/0.006/0.004, scale weights [0.3, 0.4, 0.3], min loss -1, same-batch re-evaluation, fixed gammas.
 
@@ -152,7 +152,7 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class ObjectiveConfig:
-    """L = lambda * D + R and its split into tasks (hpcm_tune.objectives, DESIGN.md §3)."""
+    """L = lambda * D + R and its split into tasks (hpcm_tune.objectives, docs/design.md §3)."""
 
     name: str = field(default="hierarchical", metadata={"key": "objective"})
     lmbda: float = 0.0067
@@ -175,7 +175,7 @@ class WeightingConfig:
     - ``name``: None follows the objective (DEFAULT_WEIGHTING); RunConfig resolves it.
     - ``w_lr``: Adam learning rate of the logits (FAMO, default 0.025).
     - ``gamma_s1``, ``gamma_s2``, ``gamma_s3``: L2 coefficients of the logits per scale (hierarchical).
-    - ``gamma``: the single logit L2 coefficient of ``famo`` (the balanced grid of DESIGN.md §7); None: the mean
+    - ``gamma``: the single logit L2 coefficient of ``famo`` (the balanced grid of docs/design.md §7); None: the mean
       of the scale gammas.
     - ``scale_weights``: scale importance [s1, s2, s3] for the prior p (check_scale_weights: three numbers > 0
       summing to 1).
@@ -228,7 +228,7 @@ class WeightingConfig:
 
 @dataclass(frozen=True)
 class ScheduleConfig:
-    """The gamma schedule (hpcm_tune.schedules, DESIGN.md §4)."""
+    """The gamma schedule (hpcm_tune.schedules, docs/design.md §4)."""
 
     gamma_strategy: str = "fixed"
 

@@ -6,7 +6,7 @@
 
 Training draws random ``patch_size`` crops with horizontal and vertical flips (HPCM's official training uses
 random 256x256 crops). Evaluation uses whole images, padded to the model's ``pad_multiple`` and cropped back
-(``pad_to_multiple`` / ``crop_to``), never centre crops (DESIGN.md §8).
+(``pad_to_multiple`` / ``crop_to``), never centre crops (docs/design.md §8).
 
 Determinism: every random choice of a crop comes from a per-sample seed that the sampler draws in the main
 process from (seed, epoch), so the batches of an epoch do not depend on the number of DataLoader workers, on

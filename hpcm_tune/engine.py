@@ -74,7 +74,7 @@ def psnr_from_mse(mse: float) -> float:
 
 
 def ms_ssim_db(value: float) -> float:
-    """MS-SSIM in dB, -10 log10(1 - MS-SSIM) (DESIGN.md §5)."""
+    """MS-SSIM in dB, -10 log10(1 - MS-SSIM) (docs/design.md §5)."""
     return -10.0 * math.log10(1.0 - value) if value < 1.0 else math.inf
 
 

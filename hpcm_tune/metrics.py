@@ -1,4 +1,4 @@
-"""The one module of metric and task names (DESIGN.md §5; the original design's W&B names).
+"""The one module of metric and task names (docs/design.md §5; the original design's W&B names).
 
 Everything that reports, watches or reads a metric (engine, Tune scheduler, W&B, analyze.py) takes its names
 from here, so a renamed metric cannot silently leave a scheduler watching nothing.

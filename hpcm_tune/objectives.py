@@ -1,4 +1,4 @@
-"""Rate-distortion objectives: the plain R-D loss and its split into named tasks (DESIGN.md §3).
+"""Rate-distortion objectives: the plain R-D loss and its split into named tasks (docs/design.md §3).
 
 Every objective follows CompressAI's convention, L = lambda * D + R with D = 255^2 * MSE (RGB in [0, 1]) or
 D = 1 - MS-SSIM, and R the estimated rate in bits per pixel from the model's likelihoods,

@@ -1,5 +1,6 @@
-"""The per-epoch schedules: gamma multipliers (m_s1, m_s2, m_s3) of the scale gammas (DESIGN.md §4) and learning-rate
-factors (``LR_SCHEDULES``: step, the official HPCM step-down scaled to the run; cosine; constant). Plain Python.
+"""The per-epoch schedules: gamma multipliers (m_s1, m_s2, m_s3) of the scale gammas (docs/design.md §4) and
+learning-rate factors (``LR_SCHEDULES``: step, the official HPCM step-down scaled to the run; cosine; constant).
+Plain Python.
 
 Progress p = clamp(epoch / total_epochs, 0, 1), so a schedule written for the original 3000 epochs fits a run of
 any length and stays at its end value past it. The weighting multiplies each scale's base gamma by its
@@ -79,7 +80,7 @@ def hierarchical(p: float, state: Any = None) -> Multipliers:
 # Learning-rate schedules: factors of the base lr, pure functions of the 0-based epoch and the run's length
 # (OptimizerConfig.lr_at applies them).
 
-# The official HPCM step-down: lr 1e-4 -> 3e-5 / 1e-5 / 1e-6 at epochs 2750 / 2850 / 2950 of 3001 (DESIGN.md §2),
+# The official HPCM step-down: lr 1e-4 -> 3e-5 / 1e-5 / 1e-6 at epochs 2750 / 2850 / 2950 of 3001 (docs/design.md §2),
 # as (milestone epoch, factor of the base lr from that epoch on) out of OFFICIAL_EPOCHS.
 OFFICIAL_EPOCHS = 3001
 OFFICIAL_LR_STEPS: tuple[tuple[int, float], ...] = ((2750, 0.3), (2850, 0.1), (2950, 0.01))

@@ -164,7 +164,7 @@ def fake_rd_metrics(config: dict, epoch: int, psnr_offset: float = 0.0, rate_fac
                     noise: float = 0.0, ms_ssim: bool = True, images: tuple[str, ...] = ()) -> dict[str, float]:
     """Plausible per-epoch metrics of one HPCM trial (names from hpcm_tune.metrics), deterministic.
 
-    The converged point follows the HPCM Base Kodak curve (DESIGN.md §2) through lambda: bpp ~ lambda^0.58,
+    The converged point follows the HPCM Base Kodak curve (docs/design.md §2) through lambda: bpp ~ lambda^0.58,
     PSNR linear in log lambda; ``psnr_offset`` (dB) and ``rate_factor`` make a better or worse codec, ``noise``
     (dB) a seed-dependent jitter. Quality rises towards the converged point as epochs pass; task weights
     drift from uniform and gammas follow a linear schedule. With ``images`` (evaluation image names; default
@@ -202,7 +202,7 @@ def fake_rd_metrics(config: dict, epoch: int, psnr_offset: float = 0.0, rate_fac
     for i, image in enumerate(images):
         out[m.eval_image_metric(image, "psnr")] = psnr + image_psnr_offset(i, len(images))
         out[m.eval_image_metric(image, "bpp")] = bpp * image_rate_factor(i, len(images))
-    # z = softmax(w + log p) with p from the scale weights (DESIGN.md §3), logits w drifting with training.
+    # z = softmax(w + log p) with p from the scale weights (docs/design.md §3), logits w drifting with training.
     prior = np.array(config.get("scale_weights", defaults.scale_weights), dtype=np.float64)
     log_p = np.log([prior[m.SCALES.index(m.TASK_SCALE[t])] / sum(m.TASK_SCALE[u] == m.TASK_SCALE[t]
                                                                   for u in m.TASKS) for t in m.TASKS])

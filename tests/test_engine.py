@@ -70,7 +70,7 @@ def test_metrics_carry_exactly_the_documented_names(folder, tmp_path):
     parts = sum(metrics[M.EVAL_BPP_SCALE[s]] for s in M.SCALES) + metrics[M.EVAL_BPP_Z]
     assert parts == pytest.approx(metrics[M.EVAL_BPP], rel=1e-5)
     assert metrics[M.EVAL_ACTUAL_BPP] > 0
-    # The five measured task losses sum to the R-D loss (DESIGN.md §3).
+    # The five measured task losses sum to the R-D loss (docs/design.md §3).
     assert sum(metrics[M.TRAIN_TASKS[t]] for t in M.TASKS) == pytest.approx(metrics[M.TRAIN_LOSS], rel=1e-4)
 
 

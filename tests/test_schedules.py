@@ -1,4 +1,4 @@
-"""Gamma schedules (DESIGN.md §4): values at epoch 0, at every phase boundary, at the end and past it."""
+"""Gamma schedules (docs/design.md §4): values at epoch 0, at every phase boundary, at the end and past it."""
 
 from __future__ import annotations
 

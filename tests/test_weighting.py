@@ -1,4 +1,4 @@
-"""Task weighting: FAMO exactly as DESIGN.md §3, and the tests that show it is not the broken original
+"""Task weighting: FAMO exactly as docs/design.md §3, and the tests that show it is not the broken original
 (weights that never moved, gammas that were no-ops, NaN within two steps, state never saved)."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Analysis of sweep results on disk: BD-rate, tidy tables, ablation tables and figures (DESIGN.md §7-§8).
+"""Analysis of sweep results on disk: BD-rate, tidy tables, ablation tables and figures (docs/design.md §7-§8).
 
 Reads Ray Tune experiment directories as plain JSON/CSV files (no Ray cluster, nothing unpickled).
 """

@@ -1,4 +1,4 @@
-"""Bjøntegaard deltas: BD-rate and BD-PSNR between two rate-distortion curves (DESIGN.md §8).
+"""Bjøntegaard deltas: BD-rate and BD-PSNR between two rate-distortion curves (docs/design.md §8).
 
 G. Bjøntegaard, "Calculation of average PSNR differences between RD-curves", VCEG-M33 (2001): fit each
 curve's distortion D against log R (BD-PSNR) or log R against D (BD-rate), integrate both fits over the

@@ -1,6 +1,6 @@
 """The whole analysis of one or more experiments: build it, render it as Markdown and LaTeX, write its
 files (CSV, LaTeX, Markdown, figures). Files are written to a temporary name and renamed into place
-(DESIGN.md §9), so an interrupted run never leaves half a table where a good one was."""
+(docs/design.md §9), so an interrupted run never leaves half a table where a good one was."""
 
 from __future__ import annotations
 
@@ -139,7 +139,8 @@ _LATEX_SPECIAL = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$",
                   "λ": r"$\lambda$", "Δ": r"$\Delta$", "δ": r"$\delta$", "γ": r"$\gamma$", "μ": r"$\mu$",
                   "µ": r"$\mu$", "·": r"$\cdot$", "×": r"$\times$", "≤": r"$\leq$", "≥": r"$\geq$",
                   "≈": r"$\approx$", "→": r"$\rightarrow$", "°": r"$^\circ$", "–": "--", "—": "---", "…": r"\ldots{}",
-                  "‘": "`", "’": "'", "“": "``", "”": "''", "\u00a0": "~"}
+                  "‘": "`", "’": "'", "“": "``", "”": "''", "\u00a0": "~",
+                  "§": r"\S{}"}
 # A sign in front of a number is a minus (or plus), not a hyphen.
 _SIGNED_NUMBER = re.compile(r"(^|[\s(/\[])([+-])(?=\d)")
 

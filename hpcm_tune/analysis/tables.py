@@ -1,5 +1,5 @@
 """Tables from sweep results: tidy trials, configurations and their RD curves, ablation tables with BD-rate
-against a baseline, per-lambda leaderboards (issue 6; DESIGN.md §7-§8).
+against a baseline, per-lambda leaderboards (issue 6; docs/design.md §7-§8).
 
 Vocabulary. A *trial* is one training run (one config). A *configuration* is the set of trials with the
 same hyperparameters except lambda and seed; its *RD curve* is its points over lambda (mean over seeds). A
@@ -51,12 +51,12 @@ from hpcm_tune.analysis.results import (
 # Config keys that do not make a different configuration: lambda and seed by definition, metadata, and
 # where/how fast a run executes.
 NOT_HYPERPARAMETERS = frozenset({LMBDA, SEED, STUDY, LABEL, "device", "num_workers"})
-# The original design's 'ratio' decomposition (DESIGN.md §3): every task is a fixed multiple of D or R.
+# The original design's 'ratio' decomposition (docs/design.md §3): every task is a fixed multiple of D or R.
 DECOMPOSITION, RATIO_DECOMPOSITION = "decomposition", "ratio"
 RATIO_NOTE = ("ratio decomposition: each task is a fixed fraction of lambda·D or R, so the gradient only mixes "
               "grad D and grad R: a 2-task method in disguise; under a log-based weighting the fractions only "
-              "rescale the effective lambda (they cancel only with min loss 0) (DESIGN.md §3)")
-# The objective every ablation is measured against when present (DESIGN.md §3 baselines).
+              "rescale the effective lambda (they cancel only with min loss 0) (docs/design.md §3)")
+# The objective every ablation is measured against when present (docs/design.md §3 baselines).
 DEFAULT_BASELINE_OBJECTIVE = "standard"
 
 POINTS = ("final", "best")  # final: last evaluation of a run; best: the epoch best in the sweep's metric
@@ -1102,7 +1102,7 @@ def _bd_cell(label: str, fn, quality: str, ctx: BDContext) -> BDCell:
 
 def _rate_shares(trials: pd.DataFrame, options: AnalysisOptions) -> dict[str, float]:
     """Each scale's share of the total estimated rate, in %, mean over finished trials; z is counted in s3
-    (DESIGN.md §3: the original design calls s3 the hyperprior scale)."""
+    (docs/design.md §3: the original design calls s3 the hyperprior scale)."""
     done = trials[trials["status"] == FINISHED] if (trials["status"] == FINISHED).any() else trials
     cols = [metric_column(m.EVAL_BPP_SCALE[scale], options) for scale in m.SCALES]
     if any(c not in done.columns for c in cols):

@@ -1,4 +1,4 @@
-"""Geometry of HPCM's hierarchical coding schedule (ICCV 2025, §3.2, Fig. 3; DESIGN.md §2).
+"""Geometry of HPCM's hierarchical coding schedule (ICCV 2025, §3.2, Fig. 3; docs/design.md §2).
 
 y (M channels, H x W) is split into 8 channel groups g = 0..7 of M/8 channels; each group has its own
 sub-sampling phase, so the three scales of different groups sit at different positions and context flows

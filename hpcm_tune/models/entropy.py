@@ -1,4 +1,4 @@
-"""The generalized Gaussian entropy model of HPCM (ICCV 2025, §3.3; DESIGN.md §2).
+"""The generalized Gaussian entropy model of HPCM (ICCV 2025, §3.3; docs/design.md §2).
 
 Each residual r = y - mu is modelled by a zero-mean generalized Gaussian GG(alpha, beta) with density
 f(r) = beta / (2 alpha Gamma(1/beta)) exp(-(|r| / alpha)^beta) and beta = 1.5 fixed. The discrete likelihood of

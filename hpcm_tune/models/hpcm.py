@@ -1,5 +1,5 @@
 """HPCM: Hierarchical Progressive Context Model for learned image compression (Li et al., ICCV 2025,
-arXiv 2507.19125). Written from the paper and DESIGN.md §2; the official code (lyq133/LIC-HPCM) was read for
+arXiv 2507.19125). Written from the paper and docs/design.md §2; the official code (lyq133/LIC-HPCM) was read for
 structure and parameter counts only.
 
     y = g_a(x)            z = h_a(y)            z_hat = round(z - mu_z) + mu_z      (mu_z = means_hyper)

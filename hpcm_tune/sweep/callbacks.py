@@ -1,7 +1,7 @@
 """Tune callbacks: the scheduler's rung records in the experiment snapshot, and W&B logging.
 
 ``Tuner.restore`` brings back the scheduler pickled before ``fit()``, so ASHA's rung records would come back
-empty and resumed trials would pass rungs unjudged (DESIGN.md §6). A callback's ``get_state``/``set_state`` is
+empty and resumed trials would pass rungs unjudged (docs/design.md §6). A callback's ``get_state``/``set_state`` is
 saved with each experiment snapshot and restored in step with it, so the records match the trials restored.
 """
 
@@ -86,7 +86,7 @@ def offline_runs(experiment: str) -> list[str]:
 
 def wandb_callback(project: str, group: str, upload_timeout_s: int = DEFAULT_WANDB_UPLOAD_TIMEOUT_S) -> Callback:
     """One W&B run per trial (named by the trial, grouped by sweep); metric names are the engine's
-    (hpcm_tune.metrics, DESIGN.md §5). Offline without an API key: runs are written under the trial
+    (hpcm_tune.metrics, docs/design.md §5). Offline without an API key: runs are written under the trial
     directories and can be uploaded later with ``wandb sync``."""
     mode = wandb_mode()
     if mode in ("offline", "disabled"):

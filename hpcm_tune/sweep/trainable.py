@@ -3,7 +3,7 @@
 The engine knows nothing of Ray; this adapter builds it from the trial's flat config (search internals
 stripped), restores it from ``ray.tune.get_checkpoint()`` when Tune resumes or retries the trial, and turns each
 ``on_epoch(metrics, checkpoint_dir)`` into ``ray.tune.report(metrics, checkpoint=...)`` (``ray.train.report``
-inside Tune fails the trial, DESIGN.md §6). A non-finite watched metric raises, so the trial is marked errored
+inside Tune fails the trial, docs/design.md §6). A non-finite watched metric raises, so the trial is marked errored
 with that message and the sweep goes on. With a fractional GPU the CUDA memory fraction is capped to the share.
 """
 

@@ -1,4 +1,4 @@
-"""Task-weighting methods: the registry and ``build_weighting`` (DESIGN.md §3, docs/architecture.md).
+"""Task-weighting methods: the registry and ``build_weighting`` (docs/design.md §3, docs/architecture.md).
 
 ``build_weighting("hierarchical", TASKS, config)`` with the run config's section ``config`` (a
 ``hpcm_tune.config.WeightingConfig``, what the engine passes), or with its fields as keywords for tests and

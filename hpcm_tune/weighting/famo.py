@@ -1,5 +1,5 @@
 """FAMO, Fast Adaptive Multitask Optimization (Liu et al., NeurIPS 2023), as adapted by Balanced Rate-Distortion
-Optimization (CVPR 2025) and DESIGN.md §3.
+Optimization (CVPR 2025) and docs/design.md §3.
 
 Task weights z = softmax(w + log p) from logits w (start 0) and a prior p. The model minimizes
     sum_i z_i log(L_i - m_i + eps) / c,   c = sum_i z_i / (L_i - m_i + eps)  (held constant),

@@ -1,4 +1,4 @@
-"""Hierarchical FAMO: FAMO over HPCM's five scale tasks with a scale prior and per-scale gammas (DESIGN.md §3)."""
+"""Hierarchical FAMO: FAMO over HPCM's five scale tasks with a scale prior and per-scale gammas (docs/design.md §3)."""
 
 from __future__ import annotations
 

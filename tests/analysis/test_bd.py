@@ -7,7 +7,7 @@ import pytest
 from hpcm_tune.analysis import BDError, BDOverlapWarning, bd_psnr, bd_rate
 from hpcm_tune.analysis.bd import curve_problem
 
-# HPCM Base on Kodak, paper points (DESIGN.md §2): bpp, PSNR dB.
+# HPCM Base on Kodak, paper points (docs/design.md §2): bpp, PSNR dB.
 BASE_BPP = [0.1211, 0.1757, 0.2729, 0.4125, 0.5898, 0.8209]
 BASE_PSNR = [29.4022, 30.7547, 32.4012, 34.2063, 36.0145, 37.7525]
 # HPCM Large on Kodak (official repository lyq133/LIC-HPCM, README "R-D Data").

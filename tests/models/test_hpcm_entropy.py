@@ -1,4 +1,4 @@
-"""The generalized Gaussian entropy model: CDF, hand-written backward, floors, CDF tables (DESIGN.md §2)."""
+"""The generalized Gaussian entropy model: CDF, hand-written backward, floors, CDF tables (docs/design.md §2)."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """HPCM forward pass: presets, parameter counts, shapes, the per-scale rate partition, gradients, RNG replay,
-bad inputs (DESIGN.md §2, docs/architecture.md 'Models')."""
+bad inputs (docs/design.md §2, docs/architecture.md 'Models')."""
 
 from __future__ import annotations
 
