@@ -3,7 +3,7 @@
 ASHA (Li et al., "A System for Massively Parallel Hyperparameter Tuning", MLSys 2020) stops a trial at a rung
 when its metric is below the (1 - 1/eta) quantile of the trials already recorded there. It compares raw metric
 values, and the R-D loss lambda*255^2*MSE + bpp changes scale with lambda, so plain ASHA on a lambda grid
-stops every trial of the larger lambdas at the first rungs (DESIGN.md §6). ``PerGroupASHA`` keeps separate
+stops every trial of the larger lambdas at the first rungs (docs/design.md §6). ``PerGroupASHA`` keeps separate
 rung records per group (by default per lambda value), so trials at different lambda are never compared.
 
 Its rung records are not restored by ``Tuner.restore`` (the scheduler is the object pickled before ``fit``);
@@ -22,7 +22,8 @@ from ray.tune.schedulers import FIFOScheduler, PopulationBasedTraining, TrialSch
 
 from hpcm_tune import metrics
 from hpcm_tune.registry import Registry
-from hpcm_tune.sweep.space import LAMBDA_KEY, SearchSpace
+from hpcm_tune.sweep.space import SearchSpace
+from hpcm_tune.sweep_settings import ASHA, FIFO, PBT, SCHEDULER_DEFAULTS, scheduler_options
 
 STATE_VERSION = 1
 
@@ -71,10 +72,10 @@ class PerGroupASHA(FIFOScheduler):
     def __init__(
         self,
         max_t: int,
-        grace_period: int = 1,
-        reduction_factor: float = 2.0,
+        grace_period: int = SCHEDULER_DEFAULTS[ASHA]["grace_period"],
+        reduction_factor: float = SCHEDULER_DEFAULTS[ASHA]["reduction_factor"],
         time_attr: str = metrics.EPOCH,
-        group_by: Iterable[str] = (LAMBDA_KEY,),
+        group_by: Iterable[str] = tuple(SCHEDULER_DEFAULTS[ASHA]["group_by"]),
     ) -> None:
         super().__init__()
         if not (isinstance(max_t, int) and max_t >= 1):
@@ -186,23 +187,23 @@ class PerGroupASHA(FIFOScheduler):
 SCHEDULERS: Registry[Callable[[SearchSpace], TrialScheduler]] = Registry("scheduler")
 
 
-@SCHEDULERS.register("asha")
+@SCHEDULERS.register(ASHA)
 def build_asha(space: SearchSpace) -> PerGroupASHA:
-    o = space.scheduler_options
+    o = scheduler_options(ASHA, space.scheduler_options)
     return PerGroupASHA(
         max_t=space.max_epochs,
-        grace_period=int(o.get("grace_period", 1)),
-        reduction_factor=float(o.get("reduction_factor", 2)),
-        group_by=tuple(o.get("group_by", [LAMBDA_KEY])),
+        grace_period=int(o["grace_period"]),
+        reduction_factor=float(o["reduction_factor"]),
+        group_by=tuple(o["group_by"]),
     )
 
 
-@SCHEDULERS.register("fifo")
+@SCHEDULERS.register(FIFO)
 def build_fifo(space: SearchSpace) -> FIFOScheduler:
     return FIFOScheduler()
 
 
-@SCHEDULERS.register("pbt")
+@SCHEDULERS.register(PBT)
 def build_pbt(space: SearchSpace) -> PopulationBasedTraining:
     """PBT (Jaderberg et al. 2017) over the space's sampled numeric/choice parameters; one lambda only
     (validated in space.py), since exploit copies weights between trials."""
@@ -212,13 +213,13 @@ def build_pbt(space: SearchSpace) -> PopulationBasedTraining:
     if not mutations:
         raise ValueError(f"{space.source}: scheduler pbt needs at least one sampled parameter (uniform, loguniform, "
                          f"quniform, randint or choice) to mutate; params: {sorted(space.params) or 'none'}")
-    o = space.scheduler_options
+    o = scheduler_options(PBT, space.scheduler_options)
     return PopulationBasedTraining(
         time_attr=metrics.EPOCH,
-        perturbation_interval=int(o.get("perturbation_interval", 2)),
+        perturbation_interval=int(o["perturbation_interval"]),
         hyperparam_mutations=mutations,
-        quantile_fraction=float(o.get("quantile_fraction", 0.25)),
-        resample_probability=float(o.get("resample_probability", 0.25)),
+        quantile_fraction=float(o["quantile_fraction"]),
+        resample_probability=float(o["resample_probability"]),
     )
 
 

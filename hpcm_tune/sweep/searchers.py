@@ -6,7 +6,7 @@ Every trial config is flat (docs/architecture.md): the fixed keys, the sampled k
 (search internals, stripped before training).
 
 Optuna and early stopping: Ray tells Optuna a trial that the scheduler stopped early as COMPLETE with its early
-value, which biases TPE towards configurations that merely start fast (DESIGN.md §6). ``PrunedOptunaSearch``
+value, which biases TPE towards configurations that merely start fast (docs/design.md §6). ``PrunedOptunaSearch``
 records that value as an intermediate value at its step and tells Optuna the trial was PRUNED (Optuna refuses a
 value with PRUNED).
 
@@ -41,6 +41,7 @@ from hpcm_tune.sweep.space import (
     Simplex,
     Uniform,
 )
+from hpcm_tune.sweep_settings import GRID, OPTUNA, RANDOM, TPE, searcher_options
 
 RAY_TRIAL_ID_ATTR = "ray_trial_id"
 LOST_ATTR = "hpcm_tune_lost"
@@ -290,7 +291,7 @@ SearcherBuild = tuple[Searcher, dict[str, Any], int]
 SEARCHERS: Registry[Callable[[SearchSpace], SearcherBuild]] = Registry("searcher")
 
 
-@SEARCHERS.register("optuna")
+@SEARCHERS.register(OPTUNA)
 def build_optuna(space: SearchSpace, storage_url: str | None = None, study_name: str | None = None,
                  experiment: str | None = None) -> SearcherBuild:
     """TPE (or random) over the space; the study in memory (pickled with the searcher's state), or in the
@@ -300,9 +301,9 @@ def build_optuna(space: SearchSpace, storage_url: str | None = None, study_name:
 
     import optuna
 
-    opts = space.searcher_options
-    if opts.get("sampler", "tpe") == "tpe":
-        sampler = optuna.samplers.TPESampler(seed=space.seed, n_startup_trials=int(opts.get("n_startup_trials", 4)))
+    opts = searcher_options(OPTUNA, space.searcher_options)
+    if opts["sampler"] == TPE:
+        sampler = optuna.samplers.TPESampler(seed=space.seed, n_startup_trials=int(opts["n_startup_trials"]))
     else:
         sampler = optuna.samplers.RandomSampler(seed=space.seed)
     storage = None
@@ -331,12 +332,12 @@ def _variants(space: SearchSpace) -> BasicVariantGenerator:
     return BasicVariantGenerator(random_state=space.seed, max_concurrent=space.max_concurrent)
 
 
-@SEARCHERS.register("random")
+@SEARCHERS.register(RANDOM)
 def build_random(space: SearchSpace) -> SearcherBuild:
     return _variants(space), variant_param_space(space, False), space.samples
 
 
-@SEARCHERS.register("grid")
+@SEARCHERS.register(GRID)
 def build_grid(space: SearchSpace) -> SearcherBuild:
     return _variants(space), variant_param_space(space, True), space.samples
 
@@ -344,7 +345,7 @@ def build_grid(space: SearchSpace) -> SearcherBuild:
 def build_searcher(space: SearchSpace, optuna_storage_url: str | None = None, study_name: str | None = None,
                    experiment: str | None = None) -> SearcherBuild:
     """The searcher of ``space``; with ``optuna_storage_url`` (optuna only), its study in that database."""
-    if space.searcher == "optuna":
+    if space.searcher == OPTUNA:
         return build_optuna(space, storage_url=optuna_storage_url, study_name=study_name, experiment=experiment)
     if optuna_storage_url is not None:
         raise ValueError(f"an Optuna study database needs the optuna searcher; this sweep's is {space.searcher!r}")

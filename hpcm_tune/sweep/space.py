@@ -2,7 +2,7 @@
 
 A search space is a YAML file (format: ``search_spaces/README.md``) with the fixed config keys, the searched
 parameters (fixed, uniform, loguniform, quniform, randint, choice, grid, simplex), optional named
-configurations (the ablation studies of DESIGN.md §7, e.g. "s2 emphasis"), and the sweep settings: metric,
+configurations (the ablation studies of docs/design.md §7, e.g. "s2 emphasis"), and the sweep settings: metric,
 mode, scheduler, searcher, samples, repeats (seeds), resources. Every mistake is reported as a
 ``SpaceError`` naming the file, the key and the value, so a typo never costs a cluster start.
 
@@ -33,6 +33,16 @@ from hpcm_tune.experiment import (  # the experiment directory contract (trial c
     parent_key,
     training_config,
 )
+from hpcm_tune.sweep_settings import (  # schedulers, searchers, their options and defaults: declared once
+    OPTUNA_SAMPLERS,
+    SCHEDULER_NAMES,
+    SCHEDULER_OPTIONS,
+    SEARCHER_NAMES,
+    SEARCHER_OPTIONS,
+    SPACE_DEFAULTS,
+    scheduler_options,
+    searcher_options,
+)
 
 # Keys a file sets through its own fields, never in fixed/params/configurations.
 RESERVED_KEYS: frozenset[str] = frozenset({"study", "label"})
@@ -53,20 +63,6 @@ PARENT_INHERITED_KEYS: tuple[str, ...] = ("data", "eval_max_images", "num_worker
 PARENT_LABEL = "parent"
 # Parents are shared by sweeps, so they belong to no sweep's study: analyze.py over a storage shows them apart.
 PARENT_STUDY = "parents"
-SCHEDULER_NAMES: tuple[str, ...] = ("asha", "fifo", "pbt")
-SEARCHER_NAMES: tuple[str, ...] = ("optuna", "random", "grid")
-# Options each scheduler/searcher accepts in the file (values checked in validate()).
-SCHEDULER_OPTIONS: dict[str, frozenset[str]] = {
-    "asha": frozenset({"grace_period", "reduction_factor", "group_by"}),
-    "fifo": frozenset(),
-    "pbt": frozenset({"perturbation_interval", "quantile_fraction", "resample_probability"}),
-}
-SEARCHER_OPTIONS: dict[str, frozenset[str]] = {
-    "optuna": frozenset({"sampler", "n_startup_trials"}),
-    "random": frozenset(),
-    "grid": frozenset(),
-}
-OPTUNA_SAMPLERS: tuple[str, ...] = ("tpe", "random")
 # Metrics a scheduler/searcher may watch (reported every epoch by the engine).
 WATCHABLE_METRICS: tuple[str, ...] = (*metrics.EVAL_METRICS, metrics.TRAIN_LOSS, metrics.TRAIN_BPP, metrics.TRAIN_PSNR)
 RESOURCE_KEYS: frozenset[str] = frozenset({"cpus", "gpus"})
@@ -331,22 +327,22 @@ class SearchSpace:
     fixed: dict[str, Any]
     params: dict[str, Domain] = field(default_factory=dict)
     configurations: dict[str, dict[str, Any]] = field(default_factory=dict)
-    description: str = ""
-    metric: str = metrics.DEFAULT_METRIC
-    mode: str = metrics.DEFAULT_MODE
-    samples: int = 1
-    repeats: int = 1
-    max_concurrent: int = 2
-    max_failures: int = 1
-    checkpoints_to_keep: int = 2
-    delete_stopped_checkpoints: bool = False
-    cpus: float = 1.0
-    gpus: float = 0.0
-    scheduler: str = "asha"
+    description: str = SPACE_DEFAULTS["description"]
+    metric: str = SPACE_DEFAULTS["metric"]
+    mode: str = SPACE_DEFAULTS["mode"]
+    samples: int = SPACE_DEFAULTS["samples"]
+    repeats: int = SPACE_DEFAULTS["repeats"]
+    max_concurrent: int = SPACE_DEFAULTS["max_concurrent"]
+    max_failures: int = SPACE_DEFAULTS["max_failures"]
+    checkpoints_to_keep: int = SPACE_DEFAULTS["checkpoints_to_keep"]
+    delete_stopped_checkpoints: bool = SPACE_DEFAULTS["delete_stopped_checkpoints"]
+    cpus: float = SPACE_DEFAULTS["cpus"]
+    gpus: float = SPACE_DEFAULTS["gpus"]
+    scheduler: str = SPACE_DEFAULTS["scheduler"]
     scheduler_options: dict[str, Any] = field(default_factory=dict)
-    searcher: str = "optuna"
+    searcher: str = SPACE_DEFAULTS["searcher"]
     searcher_options: dict[str, Any] = field(default_factory=dict)
-    seed: int = 0
+    seed: int = SPACE_DEFAULTS["seed"]
     parent: dict[str, Any] | None = None  # None: no parent section (trials start from scratch)
     parent_resources: dict[str, Any] = field(default_factory=dict)
     raw: dict[str, Any] = field(default_factory=dict)
@@ -588,14 +584,15 @@ def _validate_scheduler(space: SearchSpace) -> None:
             allowed = ", ".join(sorted(SCHEDULER_OPTIONS[space.scheduler])) or "none"
             raise SpaceError(src, f"scheduler.{k}", opts[k],
                              f"unknown option for {space.scheduler}; allowed: {allowed}")
+    opts = scheduler_options(space.scheduler, opts)  # the declared defaults filled in
     if space.scheduler == "asha":
-        gp = opts.get("grace_period", 1)
+        gp = opts["grace_period"]
         if not _is_int(gp) or not 1 <= gp <= space.max_epochs:
             raise SpaceError(src, "scheduler.grace_period", gp, f"an integer in [1, epochs = {space.max_epochs}]")
-        rf = opts.get("reduction_factor", 2)
+        rf = opts["reduction_factor"]
         if not _is_number(rf) or rf <= 1:
             raise SpaceError(src, "scheduler.reduction_factor", rf, "a number > 1")
-        gb = opts.get("group_by", [LAMBDA_KEY])
+        gb = opts["group_by"]
         if not isinstance(gb, list) or not all(isinstance(k, str) for k in gb):
             raise SpaceError(src, "scheduler.group_by", gb, "a list of config keys")
         if LAMBDA_KEY not in gb:
@@ -613,13 +610,13 @@ def _validate_scheduler(space: SearchSpace) -> None:
                              f"lambda; this space has {len(space.lambdas())}: run one sweep per lambda")
         if space.searcher == "optuna":
             raise SpaceError(src, "searcher", "optuna", "pbt mutates configs itself: use searcher random or grid")
-        pi = opts.get("perturbation_interval", 2)
+        pi = opts["perturbation_interval"]
         if not _is_int(pi) or pi < 1:
             raise SpaceError(src, "scheduler.perturbation_interval", pi, "an integer >= 1 (epochs)")
-        qf = opts.get("quantile_fraction", 0.25)
+        qf = opts["quantile_fraction"]
         if not _is_number(qf) or not 0 < qf <= 0.5:
             raise SpaceError(src, "scheduler.quantile_fraction", qf, "a number in (0, 0.5]")
-        rp = opts.get("resample_probability", 0.25)
+        rp = opts["resample_probability"]
         if not _is_number(rp) or not 0 <= rp <= 1:
             raise SpaceError(src, "scheduler.resample_probability", rp, "a number in [0, 1]")
 
@@ -632,11 +629,12 @@ def _validate_searcher(space: SearchSpace) -> None:
         if k not in SEARCHER_OPTIONS[space.searcher]:
             allowed = ", ".join(sorted(SEARCHER_OPTIONS[space.searcher])) or "none"
             raise SpaceError(src, f"searcher.{k}", opts[k], f"unknown option for {space.searcher}; allowed: {allowed}")
+    opts = searcher_options(space.searcher, opts)  # the declared defaults filled in
     if space.searcher == "optuna":
-        sampler = opts.get("sampler", "tpe")
+        sampler = opts["sampler"]
         if sampler not in OPTUNA_SAMPLERS:
             raise SpaceError(src, "searcher.sampler", sampler, f"allowed: {', '.join(OPTUNA_SAMPLERS)}")
-        ns = opts.get("n_startup_trials", 4)
+        ns = opts["n_startup_trials"]
         if not _is_int(ns) or ns < 1:
             raise SpaceError(src, "searcher.n_startup_trials", ns, "an integer >= 1")
         for key, dom in space.params.items():
@@ -700,9 +698,11 @@ def parse_space(data: Any, source: str = "<string>") -> SearchSpace:
             raise SpaceError(source, f"resources.{k}", resources[k], f"allowed: {', '.join(sorted(RESOURCE_KEYS))}")
     parent = _mapping(source, "parent", data.get("parent")) if "parent" in data else None
     parent_resources = _mapping(source, "parent.resources", parent.pop("resources", None)) if parent else {}
-    scheduler, scheduler_options = _named(source, "scheduler", data.get("scheduler", "asha"), SCHEDULER_NAMES)
-    searcher, searcher_options = _named(source, "searcher", data.get("searcher", "optuna"), SEARCHER_NAMES)
-    seed = fixed.pop(SEED_KEY, 0)
+    scheduler, scheduler_options = _named(source, "scheduler", data.get("scheduler", SPACE_DEFAULTS["scheduler"]),
+                                           SCHEDULER_NAMES)
+    searcher, searcher_options = _named(source, "searcher", data.get("searcher", SPACE_DEFAULTS["searcher"]),
+                                         SEARCHER_NAMES)
+    seed = fixed.pop(SEED_KEY, SPACE_DEFAULTS["seed"])
     kwargs: dict[str, Any] = {}
     for name in ("description", "metric", "mode", "samples", "repeats", "max_concurrent", "max_failures",
                  "checkpoints_to_keep", "delete_stopped_checkpoints"):
@@ -714,8 +714,8 @@ def parse_space(data: Any, source: str = "<string>") -> SearchSpace:
         fixed=fixed,
         params=params,
         configurations=configurations,
-        cpus=resources.get("cpus", 1.0),
-        gpus=resources.get("gpus", 0.0),
+        cpus=resources.get("cpus", SPACE_DEFAULTS["cpus"]),
+        gpus=resources.get("gpus", SPACE_DEFAULTS["gpus"]),
         scheduler=scheduler,
         scheduler_options=scheduler_options,
         searcher=searcher,
