@@ -153,12 +153,9 @@ def _file_settings(raw: dict) -> dict:
     """The settings a search-space file's content gives, laid out as SearchSpace.to_json (fixed, parent, cpus,
     gpus, scheduler, searcher, seed, samples...), read the way sweep.space.parse_space reads them but without
     validating (validation imports the training code: seconds, for a provenance line)."""
-    import dataclasses
+    from hpcm_tune.sweep_settings import SPACE_DEFAULTS
 
-    from hpcm_tune.sweep.space import SearchSpace
-
-    defaults = {f.name: f.default for f in dataclasses.fields(SearchSpace)
-                if f.default is not dataclasses.MISSING}
+    defaults = dict(SPACE_DEFAULTS)  # SearchSpace's defaults, declared once (plain Python: no sweep, no Ray)
     fixed = dict(raw.get("fixed") or {})
     for key, value in (raw.get("params") or {}).items():
         if isinstance(value, dict) and value.get("type") == "fixed" and "value" in value:
