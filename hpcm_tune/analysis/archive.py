@@ -6,7 +6,7 @@ experiment directory is mostly checkpoints, Ray's pickles and a copy of the tria
 
 - ``hpcm_tune.json``, the sweep's header (study, search space, metric, epochs);
 - per trial folder: ``params.json``, ``result.json`` (one line per epoch, without Ray's ``config`` copy and
-  machine fields) and ``error.txt``;
+  per-process fields; the host name stays, for the provenance block) and ``error.txt``;
 - ``experiment_state-archive.json``: Ray's trial states reduced to ``trial_id``, ``status`` and
   ``relative_logdir`` (plus the config of trials that never wrote a folder), so finished, stopped, errored and
   unfinished trials keep their status.
@@ -32,9 +32,10 @@ from hpcm_tune.analysis.results import (
 from hpcm_tune.experiment import STATE_PREFIX
 
 ARCHIVE_STATE_FILE = f"{STATE_PREFIX}archive.json"
-# Fields of Ray's result lines that describe the machine or the wall clock, not the trial's training.
-MACHINE_FIELDS = ("config", "hostname", "node_ip", "pid", "date", "timestamp", "time_this_iter_s",
-                  "time_since_restore", "iterations_since_restore", "checkpoint_dir_name")
+# Fields of Ray's result lines left out: the config copy (params.json has it) and per-process bookkeeping. The host
+# name and node address stay: the report's provenance block names the machine the trials ran on from them.
+MACHINE_FIELDS = ("config", "pid", "date", "timestamp", "time_this_iter_s", "time_since_restore",
+                  "iterations_since_restore", "checkpoint_dir_name")
 STATE_FIELDS = ("trial_id", "status", "relative_logdir")
 
 

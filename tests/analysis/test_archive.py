@@ -34,7 +34,8 @@ def test_archive_keeps_every_status_metric_and_table(trial, storage, tmp_path):
     assert not (archive / "tuner.pkl").exists() and not list(archive.glob("*/progress.csv"))
     assert not (archive / "train_hpcm_x_checkpoint").exists()
     first = next(archive.glob("*/result.json")).read_text().splitlines()[0]
-    assert "config" not in json.loads(first) and "hostname" not in json.loads(first)
+    assert "config" not in json.loads(first) and "pid" not in json.loads(first)
+    assert json.loads(first)["hostname"] == "node"  # the provenance block names the trials' machine
 
     a, b = read_experiment(original), read_experiment(archive)
     key = lambda t: (t.params["lmbda"], t.params["label"])  # noqa: E731
