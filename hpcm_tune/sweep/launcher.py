@@ -172,6 +172,8 @@ def check_storage(storage: str, flag: str = "--storage", write: bool = True) -> 
         if info.type == pyarrow.fs.FileType.File:
             raise fail(f"{path} is a file, not a directory; allowed: {ALLOWED_STORAGE}")
         if write:
+            if scheme not in ("s3", "gs", "gcs"):  # a file system with real folders: create the storage root, as
+                fs.create_dir(path, recursive=True)  # a local --storage is created (object stores need none)
             probe = f"{path.rstrip('/')}/.hpcm-tune-write-test-{uuid.uuid4().hex[:12]}"
             with fs.open_output_stream(probe) as f:
                 f.write(b"ok\n")

@@ -54,12 +54,18 @@ def load(url: str, name: str):
     return optuna.load_study(study_name=name, storage=url)
 
 
-def experiment_trials(exp: Path) -> dict[str, tuple[Path, list[dict]]]:
-    """Ray trial id -> (its directory, its result rows), for every trial directory of the experiment."""
+def experiment_trials(exp: Path, started_only: bool = False) -> dict[str, tuple[Path, list[dict]]]:
+    """Ray trial id -> (its directory, its result rows), for every trial directory of the experiment.
+    ``started_only``: skip folders with no result yet (a trial that was just starting when the driver was killed),
+    instead of failing on them."""
     out = {}
     for d in exp.iterdir():
         if (d / "params.json").exists():
-            rows = [json.loads(x) for x in (d / "result.json").read_text().splitlines() if x.strip()]
+            result = d / "result.json"
+            text = result.read_text() if result.exists() else ""
+            rows = [json.loads(x) for x in text.splitlines() if x.strip().endswith("}")]
+            if not rows and started_only:
+                continue
             assert rows, f"{d.name} reported nothing"
             out[rows[0]["trial_id"]] = (d, rows)
     return out
@@ -188,7 +194,7 @@ def test_resume_after_sigkill_repeats_no_trial_number(tmp_path):
             os.killpg(driver.pid, signal.SIGKILL)
     before = load(url, "k").get_trials()
     finished_before = {t.user_attrs[RAY_TRIAL_ID_ATTR] for t in before if t.state.is_finished()}
-    rows_at_kill = {tid: rows for tid, (_, rows) in experiment_trials(exp).items()}
+    rows_at_kill = {tid: rows for tid, (_, rows) in experiment_trials(exp, started_only=True).items()}
     assert any(t.state == TrialState.RUNNING for t in before), "killed with no trial running"
 
     resumed = subprocess.run([sys.executable, "tune.py", "--engine", "fake", "--storage", str(storage), "--num-cpus",
