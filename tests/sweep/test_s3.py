@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from s3_support import create_bucket
 
 from hpcm_tune.sweep import launcher
 from hpcm_tune.sweep import parents as pa
@@ -26,15 +27,6 @@ moto_server = pytest.importorskip("moto.server")  # dev dependency: moto[server]
 ROOT = Path(__file__).resolve().parents[2]
 BUCKET = "hpcm-sweeps"
 EPOCHS = 5
-
-
-def create_bucket(endpoint: str, bucket: str) -> None:
-    """An unsigned PUT (moto does not check signatures unless told to), with a timeout long enough for moto's
-    first S3 request (it imports its S3 backend then, seconds on a loaded machine; pyarrow gives up after 3 s)."""
-    import urllib.request
-
-    request = urllib.request.Request(f"http://{endpoint}/{bucket}", method="PUT")
-    urllib.request.urlopen(request, timeout=120).close()
 
 
 @pytest.fixture(scope="module")

@@ -15,6 +15,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from s3_support import create_bucket
 
 from hpcm_tune.sweep import cli, launcher
 from hpcm_tune.sweep import parents as pa
@@ -28,13 +29,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def create_bucket(endpoint: str, bucket: str) -> None:
-    """An unsigned PUT (moto does not check signatures unless told to), with a timeout long enough for moto's
-    first S3 request (it imports its S3 backend then, seconds on a loaded machine; pyarrow gives up after 3 s)."""
-    request = urllib.request.Request(f"http://{endpoint}/{bucket}", method="PUT")
-    urllib.request.urlopen(request, timeout=120).close()
 
 
 @pytest.fixture(scope="module")
