@@ -27,6 +27,7 @@ import yaml
 
 from hpcm_tune import safe_yaml
 from hpcm_tune.config import RunConfig, to_flat
+from hpcm_tune.files import atomic_write
 
 # The original design's flags, CompressAI's example names and --init-from -> our flat keys (store: value; const:
 # fixed value).
@@ -121,12 +122,6 @@ def _default_out(config: RunConfig) -> Path:
     return Path("runs") / f"{config.meta.label or 'run'}-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}"
 
 
-def _write_json_atomic(path: Path, data: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    tmp.replace(path)
-
-
 def _config_given(args: argparse.Namespace) -> bool:
     return (args.config is not None or bool(args.overrides) or args.adaptive_gamma
             or any(getattr(args, f"alias_{key}") is not None for _f, key, _o in ALIASES))
@@ -171,7 +166,7 @@ def run(args: argparse.Namespace) -> dict[str, float]:
         if changed:
             warnings.warn(f"{params} differs from this run's config in {', '.join(changed)}; rewriting it",
                           stacklevel=2)
-    _write_json_atomic(params, config.to_dict())
+    atomic_write(params, json.dumps(config.to_dict(), indent=2) + "\n")
     results = out / "result.json"
     # Keep the results of the epochs the checkpoint covers; later lines are redone. A line cut short by a kill
     # is skipped with a warning; the kept lines replace the file atomically.
@@ -184,9 +179,7 @@ def run(args: argparse.Namespace) -> dict[str, float]:
             except (json.JSONDecodeError, AttributeError):
                 warnings.warn(f"{results}: line {number} is not a complete JSON record (a run killed while "
                               f"writing it?); skipped", stacklevel=2)
-    tmp = results.with_name(f".{results.name}.tmp")
-    tmp.write_text("".join(line + "\n" for line in kept))
-    tmp.replace(results)
+    atomic_write(results, "".join(line + "\n" for line in kept))
 
     progress = None if args.quiet else ConsoleProgress(config.run.epochs, start=engine.epoch)
 

@@ -115,13 +115,26 @@ def exists(path: str) -> bool:
 def write_json(path: str, data: Mapping[str, Any]) -> None:
     """Write JSON via a temporary name and a rename, so a crash never leaves half a file."""
     text = json.dumps(data, indent=2, sort_keys=True, default=str)
-    fs, p = _fs(path)
-    parent = p.rsplit("/", 1)[0]
-    fs.create_dir(parent, recursive=True)
-    tmp = f"{p}.tmp"
-    with fs.open_output_stream(tmp) as f:
+    with _atomic_output(path) as f:
         f.write(text.encode())
-    fs.move(tmp, p)
+
+
+@contextlib.contextmanager
+def _atomic_output(path: str):
+    """An output stream to ``path`` (local or a URI) that appears under its name only when the block completes:
+    written to a temporary name beside it, then moved; removed when the block fails. The storage counterpart of
+    hpcm_tune.files.atomic_write (pyarrow file systems, so it works on object storage too)."""
+    fs, p = _fs(path)
+    fs.create_dir(p.rsplit("/", 1)[0], recursive=True)
+    tmp = f"{p}.tmp"
+    try:
+        with fs.open_output_stream(tmp) as stream:
+            yield stream
+        fs.move(tmp, p)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            fs.delete_file(tmp)
+        raise
 
 
 def read_json(path: str) -> dict[str, Any]:
@@ -306,12 +319,9 @@ def optuna_study(space: SearchSpace, opts: SweepOptions, name: str, path: str) -
 def _copy(src: str, dst: str) -> None:
     """Copy one file between the local disk and storage (either side a URI), through a temporary name."""
     fs_in, p_in = _fs(src)
-    fs_out, p_out = _fs(dst)
-    fs_out.create_dir(p_out.rsplit("/", 1)[0], recursive=True)
-    with fs_in.open_input_stream(p_in) as f, fs_out.open_output_stream(f"{p_out}.tmp") as g:
+    with fs_in.open_input_stream(p_in) as f, _atomic_output(dst) as g:
         while chunk := f.read(1 << 22):
             g.write(chunk)
-    fs_out.move(f"{p_out}.tmp", p_out)
 
 
 def upload_optuna(optuna: Mapping[str, Any] | None) -> None:

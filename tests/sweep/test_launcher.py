@@ -117,3 +117,31 @@ def test_summary_ranks_per_lambda_and_lists_errors(tmp_path):
 def test_trial_dirname_is_short_and_safe():
     t = SimpleNamespace(trainable_name="hpcm_trial", trial_id="ab12", config={"label": "s2 emphasis/x", "lmbda": 0.01})
     assert launcher.trial_dirname(t) == "hpcm_trial_ab12_s2-emphasis-x_lmbda0.01"
+
+
+def test_write_json_replaces_the_file_whole_and_a_failed_write_leaves_the_old_one(tmp_path):
+    path = tmp_path / "exp" / "state.json"
+    launcher.write_json(str(path), {"a": 1})
+    launcher.write_json(str(path), {"a": 2})
+    assert json.loads(path.read_text()) == {"a": 2}
+
+    class Unserialisable:
+        def __str__(self):
+            raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError, match="boom"):
+        launcher.write_json(str(path), {"a": Unserialisable()})
+    with pytest.raises(OSError), launcher._atomic_output(str(path)) as stream:
+        stream.write(b'{"a": 3')
+        raise OSError("disk full")
+    assert json.loads(path.read_text()) == {"a": 2}
+    assert sorted(p.name for p in path.parent.iterdir()) == ["state.json"]  # no temporary file left behind
+
+
+def test_copy_moves_a_file_into_place_through_a_temporary_name(tmp_path):
+    src = tmp_path / "optuna.db"
+    src.write_bytes(b"x" * (5 << 20))  # more than one 4 MiB chunk
+    dst = tmp_path / "remote" / "exp" / "optuna.db"
+    launcher._copy(str(src), str(dst))
+    assert dst.read_bytes() == src.read_bytes()
+    assert sorted(p.name for p in dst.parent.iterdir()) == ["optuna.db"]
