@@ -6,7 +6,8 @@ reads it back from disk. Both take the names below from here, so neither imports
 
 - the default storage ``./results`` and the files: ``hpcm_tune.json`` (the sweep's header), ``hpcm_tune_summary.json``,
   Ray's ``experiment_state-*.json``, and per trial ``params.json`` (its flat config), ``result.json`` (one JSON
-  line per epoch, with Ray's ``training_iteration``), ``progress.csv`` and ``error.txt``;
+  line per epoch, with Ray's ``training_iteration``), ``progress.csv`` and ``error.txt``; beside the experiments,
+  the cached parents in ``<storage>/parents/``;
 - the trial config: keys starting with ``_`` are search internals (``_simplex_<key>_<i>``), the sweep's parents
   (``_parents``) or test hooks, never hyperparameters; :func:`training_config` is what the engine of a trial gets;
 - storage paths: a local directory or a URI whose pyarrow query (``?endpoint_override=...``) stays at its end
@@ -35,6 +36,8 @@ RESULT_FILE = "result.json"  # one JSON object per reported epoch
 PROGRESS_FILE = "progress.csv"  # the same rows as CSV
 ERROR_FILE = "error.txt"  # present when the trial failed
 TRIAL_FILES = (PARAMS_FILE, RESULT_FILE, PROGRESS_FILE, ERROR_FILE)
+# Under the storage root beside the experiments: one folder per cached parent (the warm starts of its sweeps).
+PARENTS_DIR = "parents"
 
 # Ray's per-result field counting the reports of a trial (one report per epoch in the trainable).
 TRAINING_ITERATION = "training_iteration"

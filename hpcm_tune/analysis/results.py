@@ -31,6 +31,7 @@ from hpcm_tune.experiment import (  # the experiment directory contract, shared 
     ERROR_FILE,
     META_FILE,
     PARAMS_FILE,
+    PARENTS_DIR,
     PROGRESS_FILE,
     RESULT_FILE,
     STATE_GLOB,
@@ -182,7 +183,7 @@ def is_uri(path: str | Path) -> bool:
 # Files of object storage that the analysis reads (checkpoints, pickles and Ray's other files are not fetched).
 def _wanted(relative: str) -> bool:
     parts = relative.split("/")
-    if len(parts) > 3 or parts[0] == "parents" or any(p.startswith("checkpoint_") for p in parts):
+    if len(parts) > 3 or parts[0] == PARENTS_DIR or any(p.startswith("checkpoint_") for p in parts):
         return False
     name = parts[-1]
     return name in (HEADER_FILE, *TRIAL_FILES) or is_state_file(name)
