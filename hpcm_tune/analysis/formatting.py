@@ -1,6 +1,7 @@
 """How the analysis writes numbers: the one set of formatters behind every table cell, CSV-free text and caption
 (tables, report, search, provenance, plots). Numeric tables stay numeric; these turn their values into text at
-the last moment, so one decision (digits, sign, the n/a word) lives in one place.
+the last moment, so one decision (digits, sign, the n/a word) lives in one place. Also the one rule that turns a
+study name into a piece of a file name (:func:`file_slug`).
 
 Digits by quantity: PSNR and other dB values 2, bpp 4, BD-rate (%) 2, BD-PSNR and paired ΔPSNR (dB) 3.
 """
@@ -8,6 +9,7 @@ Digits by quantity: PSNR and other dB values 2, bpp 4, BD-rate (%) 2, BD-PSNR an
 from __future__ import annotations
 
 import math
+import re
 
 from hpcm_tune.analysis.results import finite
 
@@ -16,6 +18,9 @@ BPP_DIGITS = 4
 BD_RATE_DIGITS = 2
 BD_PSNR_DIGITS = 3
 NA = "n/a"
+
+# Characters a file name of the analysis' outputs may hold as they are (portable on every file system we write to).
+_UNSAFE_IN_FILE_NAME = re.compile(r"[^A-Za-z0-9._-]+")
 
 
 def cell(value) -> str:
@@ -102,3 +107,11 @@ def count_range(counts, what: str = "seeds") -> str:
         return f"0 {what}"
     lo, hi = min(counts), max(counts)
     return f"{hi} {what}" if lo == hi else f"{lo}–{hi} {what}"
+
+
+def file_slug(text: str, empty: str = "study") -> str:
+    """``text`` (a study name) as a piece of a file name: every run of characters other than ASCII letters,
+    digits, ``.``, ``_`` and ``-`` becomes one ``_``, with none at either end; ``empty`` when nothing is left
+    (``'gamma & λ_1'`` -> ``'gamma__1'``). The one rule behind tables_<study>.tex, the search figures and the
+    output folder of a search's reproduction command."""
+    return _UNSAFE_IN_FILE_NAME.sub("_", str(text)).strip("_") or empty

@@ -193,21 +193,38 @@ LATEX_PREAMBLE_NOTE = (r"% Needs \usepackage{booktabs} (rules) and \usepackage{g
                        r"\textwidth when wider." + "\n")
 
 
-def latex_table(df: pd.DataFrame, caption: str, label: str, footnotes: list[str] | None = None) -> str:
-    """A booktabs table* (needs \\usepackage{booktabs} and graphicx): caption and \\label above, headers in
-    words, shrunk to \\textwidth when wider (never enlarged), footnotes as a list under it."""
+# Prose of a title, caption or note in LaTeX: a code span (`study`) reads as plain text in a paper, and the word
+# lambda as the symbol (as the headers 'lambda 0.0067' -> $\lambda = 0.0067$); 'lambda_eff' is no whole word.
+_CODE_SPAN = re.compile(r"`([^`]*)`")
+_LAMBDA_WORD = re.compile(r"\blambda\b")
+
+
+def latex_prose(text: str) -> str:
+    """A title, caption or note (written once for both formats, Markdown code spans included) as LaTeX text:
+    code spans as plain text, the word lambda as $\\lambda$, then escaped as :func:`_latex_escape` does."""
+    return _latex_escape(_LAMBDA_WORD.sub("λ", _CODE_SPAN.sub(r"\1", str(text))))
+
+
+def latex_table(table: ReportTable) -> str:
+    """One :class:`ReportTable` as a booktabs table* (needs \\usepackage{booktabs} and graphicx): caption (the
+    title, then the caption) and \\label above, headers in words, shrunk to \\textwidth when wider (never
+    enlarged), the footnotes as a numbered list under it, then the notes."""
+    df = table.frame
     cols = "".join("l" if i == 0 or str(c) in ("configuration", "note", "image") else "r"
                    for i, c in enumerate(df.columns))
-    lines = [r"\begin{table*}[t]", r"\centering", rf"\caption{{{_latex_escape(caption)}}}", rf"\label{{{label}}}",
+    caption = latex_prose(f"{table.title}. {table.caption}" if table.caption else table.title)
+    lines = [r"\begin{table*}[t]", r"\centering", rf"\caption{{{caption}}}", rf"\label{{{table.label}}}",
              r"\resizebox{\ifdim\width>\textwidth\textwidth\else\width\fi}{!}{%",
              rf"\begin{{tabular}}{{{cols or 'l'}}}", r"\toprule",
              " & ".join(latex_header(c) for c in df.columns) + r" \\", r"\midrule"]
     for row in df.itertuples(index=False):
         lines.append(" & ".join(_latex_escape(fmt.cell(v)) for v in row) + r" \\")
     lines += [r"\bottomrule", r"\end{tabular}}"]
-    if footnotes:
+    if table.footnotes or table.notes:
         lines.append(r"\par\smallskip\begin{minipage}{\textwidth}\footnotesize\raggedright")
-        lines += [rf"[{i}] {_latex_escape(text)}\par" for i, text in enumerate(footnotes, start=1)]
+        lines += [rf"[{i}] {latex_prose(text)}\par" for i, text in enumerate(table.footnotes, start=1)]
+        if table.notes:
+            lines.append(latex_prose(" ".join(table.notes)) + r"\par")
         lines.append(r"\end{minipage}")
     lines.append(r"\end{table*}")
     return "\n".join(lines) + "\n"
@@ -250,6 +267,83 @@ def _seeds_text(st: StudyTables) -> str:
     return f"mean ± std over {seeds[0]}-{seeds[-1]} seeds per configuration"
 
 
+# ---------------------------------------------------------------------------------------------- the tables
+
+
+@dataclass(frozen=True, eq=False)  # eq=False: a DataFrame has no truth value, so two tables compare by identity
+class ReportTable:
+    """One table of a study as both formats print it. report.md (hence report.html) and tables_<study>.tex
+    iterate the one list :func:`report_tables` makes, so which tables a study has, their order, titles, captions
+    and notes are decided there once; a renderer only lays them out.
+
+    ``title``: the Markdown heading, and the LaTeX caption's first sentence. ``caption``: what a reader of this
+    table alone needs (what the cells are; the seeds, baseline, RD point and rate), under the heading / the rest of
+    the LaTeX caption. Both are written with Markdown code spans (`study`), which LaTeX prints as plain text.
+    ``footnotes``: the texts of the marks [1], [2], ... numbered in order, printed under this table (a table whose
+    marks share the numbering of a later one leaves them to it). ``notes``: plain sentences after the footnotes.
+    ``label``: the LaTeX \\label, tab:<study>-<key>."""
+
+    key: str  # ablation, per-lambda, leaderboard, paired
+    title: str
+    caption: str
+    frame: pd.DataFrame  # the cells as printed
+    label: str
+    footnotes: tuple[str, ...] = ()
+    notes: tuple[str, ...] = ()
+
+
+def report_tables(report: Report, st: StudyTables, label_slug: str | None = None) -> list[ReportTable]:
+    """The tables of study ``st``, in the order both formats print them (the order readers of docs/results
+    know): the ablation (BD against the baseline), PSNR / bpp at each lambda (when there is a lambda), the
+    leaderboard per lambda, the paired BD against the baseline (when a configuration has one). ``label_slug``:
+    the name the LaTeX labels are made from (default the study's; write_outputs makes two studies whose names
+    give one label distinct)."""
+    slug = label_slug or st.study
+    point = "best epoch" if report.options.point == "best" else "final evaluation"
+    rate, name = RATES[report.options.rate], f"`{st.study}`"
+
+    def context(reason: bool = False) -> str:  # what every table of the study depends on, as a sentence
+        baseline = f"baseline {st.baseline}" + (f" ({st.baseline_reason})" if reason else "")
+        text = f"{_seeds_text(st)}; {baseline}; RD point of each trial: its {point}; rate: {rate}."
+        return text[:1].upper() + text[1:]
+
+    has_lambdas = not st.per_lambda.empty and len(st.per_lambda.columns) > 1
+    # The ablation and the per-lambda table share one footnote numbering: the notes go under the later of them.
+    notes = {"footnotes": tuple(st.footnotes), "notes": tuple(st.reference_notes)}
+    below = ("" if not (has_lambdas and st.footnotes) else " Note [1] is under the next table."
+             if len(st.footnotes) == 1 else f" Notes [1]–[{len(st.footnotes)}] are under the next table.")
+    tables = [ReportTable("ablation", f"Ablation ({name}): BD-rate and BD-PSNR against the baseline",
+                          f"Negative BD-rate is better. {context(reason=True)}{below}", st.display,
+                          latex_label(slug, "ablation"), **({} if has_lambdas else notes))]
+    if has_lambdas:
+        deltas = any(str(c).startswith("Δ ") for c in st.per_lambda.columns)
+        what = "PSNR (dB) / bpp" + ("; Δ: the paired difference against the baseline, PSNR (dB) / rate (%)"
+                                    if deltas else "")
+        tables.append(ReportTable("per-lambda", f"PSNR / bpp at each lambda ({name})", f"{what}. {context()}",
+                                  st.per_lambda, latex_label(slug, "per-lambda"), **notes))
+    tables.append(ReportTable("leaderboard", f"Leaderboard per lambda ({name}, by eval R-D loss, lower is better)",
+                              f"Configurations ranked at each lambda. {context()}",
+                              _leaderboard_display(st.leaderboard), latex_label(slug, "leaderboard")))
+    paired = paired_bd_display(st)
+    if not paired.empty:
+        tables.append(ReportTable(
+            "paired", f"Paired BD against the baseline ({name}): per-seed differences, 95 % t-interval",
+            "Mean of the per-seed BD values (each seed against the baseline's same seed), their 95 % t-interval "
+            f"(n − 1 degrees of freedom) and n; within noise when the interval contains 0. {context()}",
+            paired, latex_label(slug, "paired")))
+    return tables
+
+
+def _markdown_block(table: ReportTable) -> list[str]:
+    """One :class:`ReportTable` in Markdown: heading, caption, table, footnotes (one line each), notes."""
+    out = [f"### {table.title}", "", table.caption, "", markdown_table(table.frame), ""]
+    if table.footnotes:
+        out += [f"[{i}] {text}  " for i, text in enumerate(table.footnotes, start=1)] + [""]
+    if table.notes:
+        out += [" ".join(table.notes), ""]
+    return out
+
+
 def render_markdown(report: Report) -> str:
     out = ["# HPCM sweep analysis", "", _describe_points(report.options, code=True) + ".", "",
            "Provenance:", "", *prov.markdown(_provenance(report), report.command), "", "Experiments:", ""]
@@ -270,23 +364,9 @@ def render_markdown(report: Report) -> str:
 
     out += search_markdown(report.searches, figures=report.figures)
     for st in report.studies:
-        out += [f"## Study `{st.study}`", ""]
-        out.append(f"Baseline: **{st.baseline}** ({st.baseline_reason}).")
-        out += ["", markdown_table(st.display), ""]
-        if not st.per_lambda.empty and len(st.per_lambda.columns) > 1:
-            out += ["PSNR / bpp at each lambda (mean ± std over seeds):", "", markdown_table(st.per_lambda), ""]
-        for i, text in enumerate(st.footnotes, start=1):
-            out.append(f"[{i}] {text}  ")
-        if st.footnotes:
-            out.append("")
-        if st.reference_notes:
-            out += [" ".join(st.reference_notes), ""]
-        out += [f"### Leaderboard per lambda (`{st.study}`, by eval R-D loss, lower is better)", "",
-                markdown_table(_leaderboard_display(st.leaderboard)), ""]
-        paired = paired_bd_display(st)
-        if not paired.empty:
-            out += [f"### Paired BD against the baseline (`{st.study}`): per-seed differences, 95 % t-interval", "",
-                    markdown_table(paired), ""]
+        out += [f"## Study `{st.study}`", "", f"Baseline: **{st.baseline}** ({st.baseline_reason}).", ""]
+        for table in report_tables(report, st):
+            out += _markdown_block(table)
         out += _per_image_markdown(report, st)
         errored = report.trials[(report.trials[STUDY] == st.study) & report.trials["error"].notna()]
         if not errored.empty:
@@ -386,10 +466,6 @@ def _leaderboard_display(board: pd.DataFrame) -> pd.DataFrame:
 # ---------------------------------------------------------------------------------------------- files
 
 
-def _slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_") or "study"
-
-
 def _csv(df: pd.DataFrame) -> str:
     return df.to_csv(index=False)
 
@@ -404,31 +480,10 @@ def latex_header_comment(report: Report, what: str) -> str:
 
 
 def study_latex(report: Report, st: StudyTables, label_slug: str | None = None) -> str:
-    """The LaTeX tables of one study (ablation, PSNR / bpp at each lambda, leaderboard), each a table* with a
-    caption naming the seeds and the baseline and a \\label tab:<study>-<kind>."""
-    slug = label_slug or st.study
-    seeds, point = _seeds_text(st), "best epoch" if report.options.point == "best" else "final evaluation"
-    rate = RATES[report.options.rate]
+    """The LaTeX tables of one study, :func:`report_tables` in its order, each a table* with its caption and
+    \\label tab:<study>-<key>, under a comment block naming the settings and the provenance."""
     tex = latex_header_comment(report, f"tables of study {st.study}")
-    tex += latex_table(st.display, f"Ablation of study {st.study}: BD-rate and BD-PSNR against the baseline "
-                       f"{st.baseline} ({st.baseline_reason}); {seeds}; RD point of each trial: "
-                       f"its {point}; rate: {rate}. Negative BD-rate is better.",
-                       latex_label(slug, "ablation"), st.footnotes)
-    if len(st.per_lambda.columns) > 1:
-        tex += "\n" + latex_table(st.per_lambda, f"Study {st.study}: PSNR (dB) / bpp at each λ, {seeds}; "
-                                  f"baseline {st.baseline}; RD point: {point}; rate: {rate}.",
-                                  latex_label(slug, "per-lambda"))
-    paired = paired_bd_display(st)
-    if not paired.empty:
-        tex += "\n" + latex_table(paired, f"Study {st.study}: paired BD against the baseline {st.baseline}: mean of "
-                                  f"the per-seed differences (each seed against the baseline's same seed), 95 % "
-                                  f"t-interval, n ({seeds}); within noise when the interval contains 0; RD "
-                                  f"point: {point}; rate: {rate}.", latex_label(slug, "paired"))
-    tex += "\n" + latex_table(_leaderboard_display(st.leaderboard),
-                              f"Study {st.study}: configurations ranked at each λ by eval R-D loss (lower is "
-                              f"better), {seeds}; baseline {st.baseline}; RD point: {point}; rate: {rate}.",
-                              latex_label(slug, "leaderboard"))
-    return tex
+    return tex + "\n".join(latex_table(table) for table in report_tables(report, st, label_slug))
 
 
 def write_outputs(report: Report, out_dir: str | Path, plots: bool = True) -> list[Path]:
@@ -468,7 +523,7 @@ def write_outputs(report: Report, out_dir: str | Path, plots: bool = True) -> li
         slug = latex_label(st.study)
         slugs[slug] = slugs.get(slug, 0) + 1
         suffix = f"-{slugs[slug]}" if slugs[slug] > 1 else ""
-        put(f"tables_{_slug(st.study)}{suffix}.tex", study_latex(report, st, st.study + suffix))
+        put(f"tables_{fmt.file_slug(st.study)}{suffix}.tex", study_latex(report, st, st.study + suffix))
     put("ablation.csv", _csv(pd.concat(ablations, ignore_index=True) if ablations else pd.DataFrame()))
     put("leaderboard.csv", _csv(pd.concat(boards, ignore_index=True) if boards else pd.DataFrame()))
     put("paired.csv", _csv(pd.concat(paired, ignore_index=True) if paired else pd.DataFrame()))

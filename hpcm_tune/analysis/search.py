@@ -539,7 +539,7 @@ def best_config(board: pd.DataFrame, records: dict[str, TrialRecord], params: tu
     parent = config.get("init_from")
     if parent and "://" not in str(parent) and not Path(str(parent)).exists():
         note = "; ".join(t for t in (note, f"the parent {parent} is not on this machine") if t)
-    out = f"runs/{re.sub(r'[^A-Za-z0-9._-]+', '_', study)}-best-lmbda{lmbda:g}"
+    out = f"runs/{fmt.file_slug(study)}-best-lmbda{lmbda:g}"
     names = tuple(p.name for p in params)
     return BestConfig(trial_id=str(top["trial"]), trial_dir=str(top["trial_dir"]), value=float(top["value"]),
                       psnr=float(top["psnr"]), rate=float(top["bpp"]), config=config,
@@ -608,7 +608,7 @@ def search_sections(experiments: list[Experiment], trials: pd.DataFrame, options
 
 def figure_names(section: SearchSection, at: SearchAtLambda) -> dict[str, str]:
     """The PNG files of one lambda: ``params`` (value against each searched parameter) and ``parallel``."""
-    slug = re.sub(r"[^A-Za-z0-9._-]+", "_", section.study).strip("_") or "study"
+    slug = fmt.file_slug(section.study)
     return {kind: f"search_{slug}_lmbda{at.lmbda:g}_{kind}.png" for kind in ("params", "parallel")}
 
 

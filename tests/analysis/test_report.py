@@ -13,7 +13,15 @@ import pytest
 from hpcm_tune import metrics as m
 from hpcm_tune.analysis import provenance as prov
 from hpcm_tune.analysis.cli import main
-from hpcm_tune.analysis.report import build_report, render_markdown, write_outputs
+from hpcm_tune.analysis.report import (
+    build_report,
+    latex_prose,
+    markdown_table,
+    render_markdown,
+    report_tables,
+    study_latex,
+    write_outputs,
+)
 from hpcm_tune.analysis.results import load_experiments
 from hpcm_tune.analysis.tables import AnalysisOptions
 from hpcm_tune.source import code_commit
@@ -132,8 +140,8 @@ def test_latex_tables_are_table_star_booktabs_with_labels_captions_and_only_asci
     for rule in ("\\toprule", "\\midrule", "\\bottomrule", "\\caption{", "\\resizebox{"):
         assert body.count(rule) == n, rule
     labels = re.findall(r"\\label\{([^}]*)\}", body)
-    assert labels == ["tab:gamma-1-2-50-ablation", "tab:gamma-1-2-50-per-lambda", "tab:gamma-1-2-50-paired",
-                      "tab:gamma-1-2-50-leaderboard"]
+    assert labels == ["tab:gamma-1-2-50-ablation", "tab:gamma-1-2-50-per-lambda", "tab:gamma-1-2-50-leaderboard",
+                      "tab:gamma-1-2-50-paired"]  # the Markdown's order
     captions = re.findall(r"\\caption\{(.*)\}", body)
     st = report.studies[0]
     assert all("2 seeds" in c and f"baseline {st.baseline}" in c for c in captions)
@@ -169,6 +177,71 @@ def test_latex_tables_compile_in_a_two_column_paper(storage, tmp_path, scale_wei
     log = (tex.parent / "paper.log").read_text(errors="replace")
     assert "Missing character" not in log and "undefined" not in log.lower(), log[-3000:]
     assert (tex.parent / "paper.pdf").read_bytes().startswith(b"%PDF")
+
+
+def _blocks(text: str, starts: list[str], end: str) -> list[str]:
+    """The pieces of ``text`` from each of ``starts`` (in that order) to the next one, the last to ``end``."""
+    at = [text.index(start) for start in starts]
+    assert at == sorted(at), starts
+    return [text[a:b] for a, b in zip(at, [*at[1:], text.index(end, at[-1])], strict=True)]
+
+
+def test_markdown_and_latex_print_the_one_list_of_tables_in_one_order(storage, tmp_path, scale_weight_trials, trial):
+    report, tex = _latex_outputs(storage, tmp_path, scale_weight_trials, trial)
+    (st,) = report.studies
+    tables = report_tables(report, st)
+    assert [t.key for t in tables] == ["ablation", "per-lambda", "leaderboard", "paired"]
+    # The list carries the study's printed tables as they are (the numbers are tables.py's, not re-made here).
+    assert tables[0].frame.equals(st.display) and tables[1].frame.equals(st.per_lambda)
+    md = (tex.parent / "report.md").read_text()
+    section = md.split(f"## Study `{st.study}`", 1)[1]
+    headings = [h for h in re.findall(r"^### (.*)$", section, flags=re.M) if not h.startswith("Per image")]
+    assert headings == [t.title for t in tables]
+    for t in tables:  # heading, caption, the table itself, in this order
+        assert f"### {t.title}\n\n{t.caption}\n\n{markdown_table(t.frame)}\n" in section
+    text = tex.read_text()
+    assert re.findall(r"^\\caption\{(.*)\}$", text, flags=re.M) == [latex_prose(f"{t.title}. {t.caption}")
+                                                                    for t in tables]
+    assert re.findall(r"\\label\{([^}]*)\}", text) == [t.label for t in tables]
+    for t, chunk in zip(tables, text.split("\\begin{table*}")[1:], strict=True):
+        rows = chunk.split("\\midrule\n", 1)[1].split("\\bottomrule", 1)[0].splitlines()
+        assert len(rows) == len(t.frame) > 0
+    # The ablation and the per-lambda table share one footnote numbering: both formats print the notes once,
+    # under the per-lambda table (the ablation's caption says so), then the reference codecs' sentences.
+    assert st.footnotes and st.reference_notes
+    assert tables[0].footnotes == () and tables[1].footnotes == tuple(st.footnotes)
+    assert tables[1].notes == tuple(st.reference_notes) and "under the next table" in tables[0].caption
+    md_blocks = _blocks(section, [f"### {t.title}" for t in tables], "### Per image")
+    tex_blocks = text.split("\\begin{table*}")[1:]
+    for t, md_block, tex_block in zip(tables, md_blocks, tex_blocks, strict=True):
+        for i, note in enumerate(st.footnotes, start=1):
+            assert (f"[{i}] {note}  \n" in md_block) == (t.key == "per-lambda")
+            assert (f"[{i}] {latex_prose(note)}\\par" in tex_block) == (t.key == "per-lambda")
+        assert (" ".join(st.reference_notes) in md_block) == (t.key == "per-lambda")
+        assert (latex_prose(" ".join(st.reference_notes)) in tex_block) == (t.key == "per-lambda")
+
+
+def test_without_a_per_lambda_table_the_footnotes_go_under_the_ablation_in_both_formats(
+        storage, tmp_path, scale_weight_trials, trial):
+    report, _ = _latex_outputs(storage, tmp_path, scale_weight_trials, trial)
+    one = report_tables(report, dataclasses.replace(report.studies[0], footnotes=["the only note"]))
+    assert one[0].caption.endswith(". Note [1] is under the next table.") and one[1].footnotes == ("the only note",)
+    st = dataclasses.replace(report.studies[0], per_lambda=pd.DataFrame({"configuration": ["a"]}))
+    report = dataclasses.replace(report, studies=[st])
+    tables = report_tables(report, st)
+    assert [t.key for t in tables] == ["ablation", "leaderboard", "paired"]
+    assert tables[0].footnotes == tuple(st.footnotes) and tables[0].notes == tuple(st.reference_notes)
+    assert "under the next table" not in tables[0].caption
+    md = render_markdown(report)
+    ablation = _blocks(md, [f"### {tables[0].title}", f"### {tables[1].title}"], "### Per image")[0]
+    assert "PSNR / bpp at each lambda" not in md and f"[{len(st.footnotes)}] {st.footnotes[-1]}  " in ablation
+    tex = study_latex(report, st).split("\\end{table*}")
+    assert len(tex) == 4 and f"[1] {latex_prose(st.footnotes[0])}\\par" in tex[0]
+
+
+def test_latex_prose_prints_code_spans_plainly_and_the_word_lambda_as_the_symbol():
+    assert latex_prose("Leaderboard per lambda (`a_b`)") == r"Leaderboard per $\lambda$ (a\_b)"
+    assert latex_prose("lambda_eff, lambdas, lambda·D") == r"lambda\_eff, lambdas, $\lambda$$\cdot$D"
 
 
 # ---------------------------------------------------------------------------------------------- provenance

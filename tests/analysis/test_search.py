@@ -193,6 +193,20 @@ def test_reproduce_command_rebuilds_the_same_configuration(storage, tmp_path, ca
     assert best.command in md and "fixed:\n  gamma_s1: " in md
 
 
+def test_figure_names_and_the_reproduction_folder_name_the_study_by_its_file_slug(storage):
+    # One rule (formatting.file_slug) for every file name made from a study name: the figures, the reproduction
+    # command's output folder and tables_<study>.tex (test_report.py) agree on the same study.
+    study = "g search/λ #1 †"
+    write_experiment_dir(storage, "exp", _search_trials(extra={"study": study, "label": study}), study=study,
+                         search_space={**SPACE, "study": study})
+    (section,) = build_report(load_experiments([storage / "exp"]), OPTIONS).searches
+    (at,) = section.per_lambda
+    assert section.study == study
+    assert search.figure_names(section, at) == {"params": "search_g_search_1_lmbda0.0067_params.png",
+                                                "parallel": "search_g_search_1_lmbda0.0067_parallel.png"}
+    assert " runs/g_search_1-best-lmbda0.0067" in at.best.command
+
+
 def test_classification_from_the_recorded_space_or_the_trials():
     assert search.parse_param("w", {"type": "choice", "values": [1, 2]}, "grid") is None
     assert search.parse_param("w", {"type": "choice", "values": [1, 2]}, "random").values == (1, 2)
