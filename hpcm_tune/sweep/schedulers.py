@@ -21,6 +21,7 @@ import numpy as np
 from ray.tune.schedulers import FIFOScheduler, PopulationBasedTraining, TrialScheduler
 
 from hpcm_tune import metrics
+from hpcm_tune.domains import DOMAINS, words
 from hpcm_tune.registry import Registry
 from hpcm_tune.sweep.space import SearchSpace
 from hpcm_tune.sweep_settings import ASHA, FIFO, PBT, SCHEDULER_DEFAULTS, scheduler_options
@@ -205,14 +206,17 @@ def build_fifo(space: SearchSpace) -> FIFOScheduler:
 
 @SCHEDULERS.register(PBT)
 def build_pbt(space: SearchSpace) -> PopulationBasedTraining:
-    """PBT (Jaderberg et al. 2017) over the space's sampled numeric/choice parameters; one lambda only
-    (validated in space.py), since exploit copies weights between trials."""
-    from hpcm_tune.sweep.searchers import ray_domain
-
-    mutations = {k: ray_domain(d) for k, d in space.params.items() if d.is_random() and d.kind != "simplex"}
+    """PBT (Jaderberg et al. 2017) over the space's sampled parameters whose value is one Ray parameter (not a
+    derived one, such as a simplex's weights); one lambda only (validated in space.py, from the declared traits),
+    since exploit copies weights between trials."""
+    mutations: dict = {}
+    for key, dom in space.params.items():
+        if dom.sampled and not dom.derived:
+            mutations.update(dom.to_ray(key))
     if not mutations:
-        raise ValueError(f"{space.source}: scheduler pbt needs at least one sampled parameter (uniform, loguniform, "
-                         f"quniform, randint or choice) to mutate; params: {sorted(space.params) or 'none'}")
+        kinds = words([k for k, c in DOMAINS.items() if c.sampled and not c.derived])
+        raise ValueError(f"{space.source}: scheduler pbt needs at least one sampled parameter ({kinds}) to mutate; "
+                         f"params: {sorted(space.params) or 'none'}")
     o = scheduler_options(PBT, space.scheduler_options)
     return PopulationBasedTraining(
         time_attr=metrics.EPOCH,

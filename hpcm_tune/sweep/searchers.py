@@ -1,5 +1,7 @@
 """Searchers: ``optuna`` (TPE, define-by-run), ``random`` and ``grid`` (Ray's BasicVariantGenerator), one
-Registry. Each turns a validated SearchSpace into (search algorithm, Tune param_space, num_samples).
+Registry. Each turns a validated SearchSpace into (search algorithm, Tune param_space, num_samples); each domain
+gives its own Ray and Optuna forms (hpcm_tune.domains: ``to_ray``, ``to_optuna``), each searcher's traits come
+from hpcm_tune.sweep_settings.
 
 Every trial config is flat (docs/architecture.md): the fixed keys, the sampled keys, ``study``, ``label``,
 ``seed``; a simplex adds its weights under its own key and its raw uniform draws under ``_simplex_<key>_<i>``
@@ -27,21 +29,12 @@ from ray.tune.search import BasicVariantGenerator, Searcher
 from ray.tune.search.optuna import OptunaSearch
 
 from hpcm_tune import metrics
+from hpcm_tune.domains import Domain
+from hpcm_tune.domains import SimplexFromDraws as SimplexFromDraws  # older experiments' pickles name it here
 from hpcm_tune.experiment import TRAINING_ITERATION
 from hpcm_tune.registry import Registry
-from hpcm_tune.sweep.space import (
-    SEED_KEY,
-    Choice,
-    Domain,
-    Grid,
-    LogUniform,
-    QUniform,
-    RandInt,
-    SearchSpace,
-    Simplex,
-    Uniform,
-)
-from hpcm_tune.sweep_settings import GRID, OPTUNA, RANDOM, TPE, searcher_options
+from hpcm_tune.sweep.space import SEED_KEY, SearchSpace
+from hpcm_tune.sweep_settings import GRID, OPTUNA, RANDOM, SEARCHER_SPECS, TPE, searcher_options
 
 RAY_TRIAL_ID_ATTR = "ray_trial_id"
 LOST_ATTR = "hpcm_tune_lost"
@@ -100,23 +93,6 @@ def optuna_storage(url: str) -> Any:
                          f"{(lines[0] if lines else '')[:300]})") from None
 
 
-def ray_domain(dom: Domain, enumerate_choices: bool = False) -> Any:
-    """The Ray Tune domain of a non-simplex parameter."""
-    if isinstance(dom, Uniform):
-        return tune.uniform(dom.low, dom.high)
-    if isinstance(dom, LogUniform):
-        return tune.loguniform(dom.low, dom.high)
-    if isinstance(dom, QUniform):
-        return tune.quniform(dom.low, dom.high, dom.q)
-    if isinstance(dom, RandInt):
-        return tune.randint(dom.low, dom.high)
-    if isinstance(dom, Choice):
-        return tune.grid_search(list(dom.choices)) if enumerate_choices else tune.choice(list(dom.choices))
-    if isinstance(dom, Grid):
-        return tune.grid_search(list(dom.grid))
-    raise ValueError(f"no Ray domain for {dom.kind!r}")
-
-
 def new_study_storage(url: str, study_name: str) -> Any:
     """The storage at ``url`` for a new sweep's study ``study_name``: refused (ValueError) when unreachable or
     when a study of that name already has trials (another sweep's, which the new one would mix with). An
@@ -130,17 +106,6 @@ def new_study_storage(url: str, study_name: str) -> Any:
     return storage
 
 
-class SimplexFromDraws:
-    """Ray ``sample_from`` body: the simplex weights from the trial's raw uniform draws (Ray resolves those
-    first: reading an unresolved key raises, and Ray retries after resolving it)."""
-
-    def __init__(self, dom: Simplex, keys: tuple[str, ...]) -> None:
-        self.dom, self.keys = dom, keys
-
-    def __call__(self, config: Any) -> list[float]:
-        return self.dom.from_uniforms([config[k] for k in self.keys])
-
-
 class FromConfiguration:
     """Ray ``sample_from`` body: the value of ``key`` in the trial's named configuration (its label)."""
 
@@ -151,8 +116,10 @@ class FromConfiguration:
         return self.table[config["label"]][self.key]
 
 
-def variant_param_space(space: SearchSpace, enumerate_choices: bool) -> dict[str, Any]:
-    """The Tune param_space for BasicVariantGenerator (random and grid searchers)."""
+def variant_param_space(space: SearchSpace) -> dict[str, Any]:
+    """The Tune param_space for BasicVariantGenerator (random and grid searchers); a searcher that enumerates
+    choices (sweep_settings) gets each choice as a grid axis."""
+    enumerate_choices = SEARCHER_SPECS[space.searcher].enumerates
     ps: dict[str, Any] = dict(space.fixed)
     ps["study"] = space.study
     seeds = space.seeds
@@ -164,19 +131,29 @@ def variant_param_space(space: SearchSpace, enumerate_choices: bool) -> dict[str
     else:
         ps["label"] = space.study
     for key, dom in space.params.items():
-        if isinstance(dom, Simplex):
-            raw = dom.raw_keys(key)
-            for k in raw:
-                ps[k] = tune.uniform(0.0, 1.0)
-            ps[key] = tune.sample_from(SimplexFromDraws(dom, raw))
-        else:
-            ps[key] = ray_domain(dom, enumerate_choices=enumerate_choices)
+        ps.update(dom.to_ray(key, enumerate_choices=enumerate_choices))
     return ps
 
 
+def suggest(trial: Any, name: str, distribution: Any) -> Any:
+    """Ask ``trial`` for ``name`` from ``distribution`` through the public ``suggest_*`` calls (the ones Ray's
+    OptunaSearch records as the trial's config)."""
+    from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+
+    d = distribution
+    if isinstance(d, FloatDistribution):
+        return trial.suggest_float(name, d.low, d.high, step=d.step, log=d.log)
+    if isinstance(d, IntDistribution):
+        return trial.suggest_int(name, d.low, d.high, step=d.step, log=d.log)
+    if isinstance(d, CategoricalDistribution):
+        return trial.suggest_categorical(name, list(d.choices))
+    raise ValueError(f"no suggest call for {name!r}: {d!r}")
+
+
 class DefineByRun:
-    """Optuna define-by-run space: suggests every parameter of the space; returns the simplex weights as
-    constants (their raw draws stay as suggested parameters, prefixed '_')."""
+    """Optuna define-by-run space: suggests every parameter of the space (each domain's ``to_optuna``); returns
+    the derived values (a simplex's weights) as constants (their raw draws stay as suggested parameters, prefixed
+    '_'). Grids are refused for optuna by space validation (and by ``to_optuna``)."""
 
     def __init__(self, params: Mapping[str, Domain]) -> None:
         self.params = dict(params)
@@ -184,21 +161,9 @@ class DefineByRun:
     def __call__(self, trial: Any) -> dict[str, Any] | None:
         constants: dict[str, Any] = {}
         for key, dom in self.params.items():
-            if isinstance(dom, Uniform):
-                trial.suggest_float(key, dom.low, dom.high)
-            elif isinstance(dom, LogUniform):
-                trial.suggest_float(key, dom.low, dom.high, log=True)
-            elif isinstance(dom, QUniform):
-                trial.suggest_float(key, dom.low, dom.high, step=dom.q)
-            elif isinstance(dom, RandInt):
-                trial.suggest_int(key, dom.low, dom.high - 1)  # Optuna's high is included, ours is not
-            elif isinstance(dom, Choice):
-                trial.suggest_categorical(key, list(dom.choices))
-            elif isinstance(dom, Simplex):
-                raw = dom.raw_keys(key)
-                constants[key] = dom.from_uniforms([trial.suggest_float(k, 0.0, 1.0) for k in raw])
-            else:  # grids are refused for optuna by space validation
-                raise ValueError(f"optuna cannot search {key!r} of type {dom.kind!r}")
+            asked = {name: suggest(trial, name, d) for name, d in dom.to_optuna(key).items()}
+            if dom.derived:
+                constants[key] = dom.from_suggested(key, asked)
         return constants or None
 
 
@@ -333,13 +298,10 @@ def _variants(space: SearchSpace) -> BasicVariantGenerator:
 
 
 @SEARCHERS.register(RANDOM)
-def build_random(space: SearchSpace) -> SearcherBuild:
-    return _variants(space), variant_param_space(space, False), space.samples
-
-
 @SEARCHERS.register(GRID)
-def build_grid(space: SearchSpace) -> SearcherBuild:
-    return _variants(space), variant_param_space(space, True), space.samples
+def build_variants(space: SearchSpace) -> SearcherBuild:
+    """Ray's variant generator: every grid point (and, under grid, every choice) x ``samples`` draws."""
+    return _variants(space), variant_param_space(space), space.samples
 
 
 def build_searcher(space: SearchSpace, optuna_storage_url: str | None = None, study_name: str | None = None,

@@ -1,19 +1,19 @@
 """Search-space files: parsing and validation, before Ray starts.
 
 A search space is a YAML file (format: ``search_spaces/README.md``) with the fixed config keys, the searched
-parameters (fixed, uniform, loguniform, quniform, randint, choice, grid, simplex), optional named
+parameters (one domain each: fixed, uniform, loguniform, quniform, randint, choice, grid, simplex), optional named
 configurations (the ablation studies of docs/design.md §7, e.g. "s2 emphasis"), and the sweep settings: metric,
 mode, scheduler, searcher, samples, repeats (seeds), resources. Every mistake is reported as a
 ``SpaceError`` naming the file, the key and the value, so a typo never costs a cluster start.
 
-This module is plain Python (no Ray): the translation to Ray Tune and Optuna lives in ``searchers.py``.
+This module is plain Python (no Ray). Each domain (its YAML fields, parsing, recorded form, Ray and Optuna forms)
+is owned by hpcm_tune.domains; each scheduler's and searcher's options and traits by hpcm_tune.sweep_settings: the
+checks here read those traits and never name a domain, scheduler or searcher.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import math
-import numbers
 import random
 import re
 from collections.abc import Mapping
@@ -23,8 +23,26 @@ from typing import Any
 
 import yaml
 
-from hpcm_tune import metrics
+from hpcm_tune import domains, metrics
 from hpcm_tune.config import FLAT_KEYS, ConfigError, RunConfig, check_value
+
+# The domain classes are imported here too because pickles of older experiments (Tune's param_space, the Optuna
+# searcher's define-by-run space) name them here.
+from hpcm_tune.domains import (  # noqa: F401
+    Choice,
+    Domain,
+    DomainError,
+    Fixed,
+    Grid,
+    LogUniform,
+    QUniform,
+    RandInt,
+    Simplex,
+    Uniform,
+    is_int,
+    is_number,
+    words,
+)
 from hpcm_tune.experiment import (  # the experiment directory contract (trial config keys, training_config)
     INIT_FROM_KEY,
     INTERNAL_PREFIX,
@@ -33,16 +51,14 @@ from hpcm_tune.experiment import (  # the experiment directory contract (trial c
     parent_key,
     training_config,
 )
-from hpcm_tune.sweep_settings import (  # schedulers, searchers, their options and defaults: declared once
-    OPTUNA_SAMPLERS,
-    SCHEDULER_NAMES,
-    SCHEDULER_OPTIONS,
-    SEARCHER_NAMES,
-    SEARCHER_OPTIONS,
+from hpcm_tune.sweep_settings import SCHEDULER_NAMES as SCHEDULER_NAMES  # for sweep/cli.py
+from hpcm_tune.sweep_settings import (  # schedulers, searchers, their options, defaults and traits: declared once
+    SCHEDULER_SPECS,
+    SEARCHER_SPECS,
     SPACE_DEFAULTS,
-    scheduler_options,
-    searcher_options,
+    SearcherSpec,
 )
+from hpcm_tune.sweep_settings import SEARCHER_NAMES as SEARCHER_NAMES  # for sweep/cli.py
 
 # Keys a file sets through its own fields, never in fixed/params/configurations.
 RESERVED_KEYS: frozenset[str] = frozenset({"study", "label"})
@@ -91,226 +107,13 @@ def known_config_keys() -> frozenset[str]:
     return frozenset(FLAT_KEYS) | RESERVED_KEYS
 
 
-def _is_number(v: Any) -> bool:
-    return isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(float(v))
-
-
-def _is_int(v: Any) -> bool:
-    return isinstance(v, numbers.Integral) and not isinstance(v, bool)
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Parameter domains
-# ----------------------------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Domain:
-    """One searched parameter. ``kind`` is the YAML ``type``."""
-
-    kind: str = field(init=False, default="")
-
-    def is_grid(self) -> bool:
-        return False
-
-    def is_random(self) -> bool:
-        """True when the value is drawn at random (needs a sampling searcher, not `grid`)."""
-        return True
-
-    def bounds(self) -> tuple[float, float] | None:
-        """(low, high) for numeric domains, for the sign checks of validate()."""
-        return None
-
-    def values(self) -> tuple[Any, ...]:
-        return ()
-
-
-@dataclass(frozen=True)
-class Fixed(Domain):
-    value: Any
-    kind: str = field(init=False, default="fixed")
-
-    def is_random(self) -> bool:
-        return False
-
-    def values(self) -> tuple[Any, ...]:
-        return (self.value,)
-
-
-@dataclass(frozen=True)
-class _Interval(Domain):
-    """A numeric domain between low and high (both included unless a subclass says otherwise)."""
-
-    low: float
-    high: float
-
-    def bounds(self) -> tuple[float, float]:
-        return (self.low, self.high)
-
-
-@dataclass(frozen=True)
-class Uniform(_Interval):
-    kind: str = field(init=False, default="uniform")
-
-
-@dataclass(frozen=True)
-class LogUniform(_Interval):
-    kind: str = field(init=False, default="loguniform")
-
-
-@dataclass(frozen=True)
-class QUniform(_Interval):
-    q: float
-    kind: str = field(init=False, default="quniform")
-
-
-@dataclass(frozen=True)
-class RandInt(_Interval):
-    """Integers in [low, high) (Ray Tune's convention: high is excluded)."""
-
-    low: int
-    high: int
-    kind: str = field(init=False, default="randint")
-
-    def bounds(self) -> tuple[float, float]:
-        return (self.low, self.high - 1)
-
-
-@dataclass(frozen=True)
-class Choice(Domain):
-    choices: tuple[Any, ...]
-    kind: str = field(init=False, default="choice")
-
-    def values(self) -> tuple[Any, ...]:
-        return self.choices
-
-
-@dataclass(frozen=True)
-class Grid(Domain):
-    """Every value is run (a grid axis); with lmbda, the lambda grid the BD-rate needs."""
-
-    grid: tuple[Any, ...]
-    kind: str = field(init=False, default="grid")
-
-    def is_grid(self) -> bool:
-        return True
-
-    def is_random(self) -> bool:
-        return False
-
-    def values(self) -> tuple[Any, ...]:
-        return self.grid
-
-
-@dataclass(frozen=True)
-class Simplex(Domain):
-    """``dim`` non-negative weights summing to 1, each at least ``min``: w = min + (1 - dim*min) * d with d
-    uniform on the simplex (Dirichlet(1), drawn as normalised -log(u) of ``dim`` uniforms u)."""
-
-    dim: int
-    min: float = 0.0
-    kind: str = field(init=False, default="simplex")
-
-    def raw_keys(self, name: str) -> tuple[str, ...]:
-        """Names of the uniform draws behind the weights (search internals, prefixed by '_')."""
-        return tuple(f"{INTERNAL_PREFIX}simplex_{name}_{i}" for i in range(self.dim))
-
-    def from_uniforms(self, us: list[float]) -> list[float]:
-        # u is in (0, 1]; clip away 0 so -log stays finite.
-        e = [-math.log(min(max(float(u), 1e-12), 1.0)) + 1e-12 for u in us]
-        total = sum(e)
-        free = 1.0 - self.dim * self.min
-        return [round(self.min + free * v / total, 6) for v in e]
-
-
-def domain_spec(dom: Domain) -> dict[str, Any]:
-    """The YAML form of a domain (parse_domain(domain_spec(d)) == d)."""
-    spec: dict[str, Any] = {"type": dom.kind}
-    for f in dataclasses.fields(dom):
-        if f.name != "kind":
-            value = getattr(dom, f.name)
-            spec["values" if f.name in ("grid", "choices") else f.name] = list(value) if isinstance(value, tuple) \
-                else value
-    return spec
-
-
-def _num(source: str, key: str, spec: Mapping, name: str, integer: bool = False) -> Any:
-    if name not in spec:
-        raise SpaceError(source, key, dict(spec), f"missing '{name}'")
-    v = spec[name]
-    ok = _is_int(v) if integer else _is_number(v)
-    if not ok:
-        raise SpaceError(source, f"{key}.{name}", v, "must be an integer" if integer else "must be a finite number")
-    return v
-
-
-DOMAIN_FIELDS: dict[str, frozenset[str]] = {
-    "fixed": frozenset({"value"}),
-    "uniform": frozenset({"low", "high"}),
-    "loguniform": frozenset({"low", "high"}),
-    "quniform": frozenset({"low", "high", "q"}),
-    "randint": frozenset({"low", "high"}),
-    "choice": frozenset({"values"}),
-    "grid": frozenset({"values"}),
-    "simplex": frozenset({"dim", "min"}),
-}
-
-
 def parse_domain(source: str, key: str, spec: Any) -> Domain:
-    """A ``params`` entry: a mapping with ``type`` (or a bare value, meaning fixed)."""
-    if not isinstance(spec, Mapping):
-        return Fixed(spec)
-    kind = spec.get("type")
-    if kind not in DOMAIN_FIELDS:
-        raise SpaceError(source, f"params.{key}.type", kind, f"allowed: {', '.join(DOMAIN_FIELDS)}")
-    extra = set(spec) - DOMAIN_FIELDS[kind] - {"type"}
-    if extra:
-        raise SpaceError(source, f"params.{key}", sorted(extra)[0],
-                         f"unknown field for type {kind}; allowed: {', '.join(sorted(DOMAIN_FIELDS[kind]))}")
-    where = f"params.{key}"
-    if kind == "fixed":
-        if "value" not in spec:
-            raise SpaceError(source, where, dict(spec), "missing 'value'")
-        return Fixed(spec["value"])
-    if kind in ("uniform", "loguniform", "quniform"):
-        low, high = _num(source, where, spec, "low"), _num(source, where, spec, "high")
-        if not low < high:
-            raise SpaceError(source, f"{where}.low", low, f"must be below high ({high})")
-        if kind == "loguniform" and low <= 0:
-            raise SpaceError(source, f"{where}.low", low, "loguniform needs low > 0")
-        if kind == "uniform":
-            return Uniform(float(low), float(high))
-        if kind == "loguniform":
-            return LogUniform(float(low), float(high))
-        q = _num(source, where, spec, "q")
-        if q <= 0 or q > high - low:
-            raise SpaceError(source, f"{where}.q", q, f"must be in (0, high - low = {high - low}]")
-        for name, bound in (("low", low), ("high", high)):
-            if abs(bound / q - round(bound / q)) > 1e-9:
-                raise SpaceError(source, f"{where}.{name}", bound, f"must be a multiple of q = {q} (values are "
-                                 f"rounded to multiples of q, so the bounds must be ones)")
-        return QUniform(float(low), float(high), float(q))
-    if kind == "randint":
-        low, high = _num(source, where, spec, "low", integer=True), _num(source, where, spec, "high", integer=True)
-        if not low < high:
-            raise SpaceError(source, f"{where}.low", low, f"must be below high ({high}; high is excluded)")
-        return RandInt(int(low), int(high))
-    if kind in ("choice", "grid"):
-        vals = spec.get("values")
-        if not isinstance(vals, list) or not vals:
-            raise SpaceError(source, f"{where}.values", vals, "must be a non-empty list")
-        if len({repr(v) for v in vals}) != len(vals):
-            raise SpaceError(source, f"{where}.values", vals, "values must be distinct")
-        return Choice(tuple(vals)) if kind == "choice" else Grid(tuple(vals))
-    # simplex
-    dim = _num(source, where, spec, "dim", integer=True)
-    if dim < 2:
-        raise SpaceError(source, f"{where}.dim", dim, "a simplex needs at least 2 weights")
-    lo = spec.get("min", 0.0)
-    if not _is_number(lo) or lo < 0 or dim * lo >= 1.0:
-        raise SpaceError(source, f"{where}.min", lo,
-                         f"must be >= 0 with dim*min < 1 so {dim} weights >= min can sum to 1")
-    return Simplex(int(dim), float(lo))
+    """A ``params`` entry (hpcm_tune.domains.parse: a mapping with ``type``, or a bare value meaning fixed); a
+    mistake is a SpaceError naming the file, the key and the value."""
+    try:
+        return domains.parse(f"params.{key}", spec)
+    except DomainError as exc:
+        raise SpaceError(source, exc.key, exc.value, exc.allowed) from None
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -368,16 +171,25 @@ class SearchSpace:
             return tuple(sorted(vals))
         return (self.fixed[LAMBDA_KEY],) if LAMBDA_KEY in self.fixed else ()
 
+    @property
+    def searcher_spec(self) -> SearcherSpec:
+        """The searcher's declaration (hpcm_tune.sweep_settings): its traits."""
+        return SEARCHER_SPECS[self.searcher]
+
+    def runs_every_value(self, dom: Domain) -> bool:
+        """Whether every value of ``dom`` is run: a grid axis, or a choice under a searcher that enumerates it."""
+        return dom.grid_axis or (dom.categorical and self.searcher_spec.enumerates)
+
     def grid_size(self) -> int:
         """Trials per sample: product of grid axes, configurations and seeds."""
         n = max(1, len(self.configurations)) * self.repeats
         for d in self.params.values():
-            if d.is_grid() or (self.searcher == "grid" and isinstance(d, Choice)):
+            if self.runs_every_value(d):
                 n *= len(d.values())
         return n
 
     def total_trials(self) -> int:
-        return self.grid_size() * self.samples if self.searcher != "optuna" else self.samples
+        return self.samples if self.searcher_spec.samples_are_trials else self.grid_size() * self.samples
 
     def with_overrides(self, **overrides: Any) -> SearchSpace:
         """A new validated space with command-line overrides; ``epochs`` goes into ``fixed``.
@@ -400,7 +212,7 @@ class SearchSpace:
     def to_json(self) -> dict[str, Any]:
         """The parsed content as plain JSON (written to hpcm_tune.json)."""
         out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in ("params", "raw")}
-        out["params"] = {k: domain_spec(d) for k, d in self.params.items()}
+        out["params"] = {k: d.to_record() for k, d in self.params.items()}
         return _jsonable(out)
 
 
@@ -424,9 +236,10 @@ def _check_value(source: str, key: str, value: Any) -> None:
 
 
 def _check_domain(source: str, key: str, dom: Domain) -> None:
-    if isinstance(dom, Simplex):
-        if key == "scale_weights" and dom.dim != len(metrics.SCALES):
-            raise SpaceError(source, f"params.{key}.dim", dom.dim, f"scale_weights has {len(metrics.SCALES)} weights")
+    length = dom.vector_length()
+    if length is not None:  # a vector (simplex): its draws are checked whole, in check_with_run_config
+        if key == "scale_weights" and length != len(metrics.SCALES):
+            raise SpaceError(source, f"params.{key}.dim", length, f"scale_weights has {len(metrics.SCALES)} weights")
         return
     if key == "scale_weights" and not dom.values():
         raise SpaceError(source, f"params.{key}.type", dom.kind, "scale_weights takes simplex, choice, grid or fixed")
@@ -485,17 +298,17 @@ def validate(space: SearchSpace) -> None:
         raise SpaceError(src, "mode", space.mode, "allowed: min, max")
     for name in ("samples", "repeats", "max_concurrent", "checkpoints_to_keep"):
         v = getattr(space, name)
-        if not _is_int(v) or v < 1:
+        if not is_int(v) or v < 1:
             raise SpaceError(src, name, v, "must be an integer >= 1")
-    if not _is_int(space.max_failures) or space.max_failures < 0:
+    if not is_int(space.max_failures) or space.max_failures < 0:
         raise SpaceError(src, "max_failures", space.max_failures, "must be an integer >= 0")
-    if not _is_int(space.seed) or space.seed < 0:
+    if not is_int(space.seed) or space.seed < 0:
         raise SpaceError(src, "seed", space.seed, "must be an integer >= 0")
     if not isinstance(space.delete_stopped_checkpoints, bool):
         raise SpaceError(src, "delete_stopped_checkpoints", space.delete_stopped_checkpoints, "true or false")
-    if not _is_number(space.cpus) or space.cpus <= 0:
+    if not is_number(space.cpus) or space.cpus <= 0:
         raise SpaceError(src, "resources.cpus", space.cpus, "must be a number > 0")
-    if not _is_number(space.gpus) or space.gpus < 0 or (space.gpus > 1 and not float(space.gpus).is_integer()):
+    if not is_number(space.gpus) or space.gpus < 0 or (space.gpus > 1 and not float(space.gpus).is_integer()):
         raise SpaceError(src, "resources.gpus", space.gpus,
                          "must be 0, a fraction in (0, 1] (trials share a GPU) or a whole number of GPUs")
     _validate_scheduler(space)
@@ -529,12 +342,13 @@ def _validate_parent(space: SearchSpace) -> None:
                          "the trials start from the parent; set init_from in 'parent' to warm-start the parent")
     for key in PARENT_MATCH_KEYS:
         dom = space.params.get(key)
-        if dom is not None and not (dom.is_grid() or (space.searcher == "grid" and isinstance(dom, Choice))):
+        if dom is not None and not space.runs_every_value(dom):
+            enumerating = words([n for n, s in SEARCHER_SPECS.items() if s.enumerates])
             raise SpaceError(src, f"params.{key}.type", dom.kind,
                              f"one parent is trained per value of {key}: make it fixed, a grid, a choice under "
-                             f"searcher grid, or set it in configurations")
+                             f"searcher {enumerating}, or set it in configurations")
     for k, v in space.parent_resources.items():
-        if k not in RESOURCE_KEYS or not _is_number(v) or v < 0 or (k == "cpus" and v <= 0):
+        if k not in RESOURCE_KEYS or not is_number(v) or v < 0 or (k == "cpus" and v <= 0):
             raise SpaceError(src, f"parent.resources.{k}", v,
                              f"allowed: {', '.join(sorted(RESOURCE_KEYS))}, numbers (cpus > 0, gpus >= 0)")
 
@@ -575,84 +389,71 @@ def check_with_run_config(space: SearchSpace) -> None:
                              f"rejected by RunConfig: {exc}") from None
 
 
+def _check_options(source: str, section: str, name: str, options: Mapping[str, Any], declared: Mapping,
+                   epochs: int) -> None:
+    """A scheduler's or searcher's options: each declared (hpcm_tune.sweep_settings), each value by its rule."""
+    for k in options:
+        if k not in declared:
+            allowed = ", ".join(sorted(declared)) or "none"
+            raise SpaceError(source, f"{section}.{k}", options[k], f"unknown option for {name}; allowed: {allowed}")
+    for k, option in declared.items():
+        value = options.get(k, option.default)
+        problem = option.problem(value, epochs)
+        if problem:
+            raise SpaceError(source, f"{section}.{k}", value, problem)
+
+
 def _validate_scheduler(space: SearchSpace) -> None:
-    src, opts = space.source, space.scheduler_options
-    if space.scheduler not in SCHEDULER_NAMES:
-        raise SpaceError(src, "scheduler", space.scheduler, f"allowed: {', '.join(SCHEDULER_NAMES)}")
-    for k in opts:
-        if k not in SCHEDULER_OPTIONS[space.scheduler]:
-            allowed = ", ".join(sorted(SCHEDULER_OPTIONS[space.scheduler])) or "none"
-            raise SpaceError(src, f"scheduler.{k}", opts[k],
-                             f"unknown option for {space.scheduler}; allowed: {allowed}")
-    opts = scheduler_options(space.scheduler, opts)  # the declared defaults filled in
-    if space.scheduler == "asha":
-        gp = opts["grace_period"]
-        if not _is_int(gp) or not 1 <= gp <= space.max_epochs:
-            raise SpaceError(src, "scheduler.grace_period", gp, f"an integer in [1, epochs = {space.max_epochs}]")
-        rf = opts["reduction_factor"]
-        if not _is_number(rf) or rf <= 1:
-            raise SpaceError(src, "scheduler.reduction_factor", rf, "a number > 1")
-        gb = opts["group_by"]
-        if not isinstance(gb, list) or not all(isinstance(k, str) for k in gb):
-            raise SpaceError(src, "scheduler.group_by", gb, "a list of config keys")
-        if LAMBDA_KEY not in gb:
-            raise SpaceError(src, "scheduler.group_by", gb,
-                             f"must contain {LAMBDA_KEY}: losses at different lambda are not comparable")
+    src = space.source
+    if not isinstance(space.scheduler, str) or space.scheduler not in SCHEDULER_SPECS:
+        raise SpaceError(src, "scheduler", space.scheduler, f"allowed: {', '.join(SCHEDULER_SPECS)}")
+    spec = SCHEDULER_SPECS[space.scheduler]
+    _check_options(src, "scheduler", space.scheduler, space.scheduler_options, spec.options, space.max_epochs)
     if space.metric == metrics.EVAL_ACTUAL_BPP and space.fixed.get("codec_interval", 1) == 0:
         raise SpaceError(src, "fixed.codec_interval", 0, f"{space.metric} is only reported when the codec runs")
-    if space.scheduler in ("asha", "pbt") and space.fixed.get("eval_interval", 1) != 1 and \
-            space.metric.startswith("eval/"):
+    if spec.judges_every_epoch and space.fixed.get("eval_interval", 1) != 1 and space.metric.startswith("eval/"):
         raise SpaceError(src, "fixed.eval_interval", space.fixed.get("eval_interval"),
                          f"{space.scheduler} watches {space.metric} every epoch: eval_interval must be 1")
-    if space.scheduler == "pbt":
-        if len(space.lambdas()) > 1:
-            raise SpaceError(src, "scheduler", "pbt", f"PBT copies weights between trials, so it needs one "
-                             f"lambda; this space has {len(space.lambdas())}: run one sweep per lambda")
-        if space.searcher == "optuna":
-            raise SpaceError(src, "searcher", "optuna", "pbt mutates configs itself: use searcher random or grid")
-        pi = opts["perturbation_interval"]
-        if not _is_int(pi) or pi < 1:
-            raise SpaceError(src, "scheduler.perturbation_interval", pi, "an integer >= 1 (epochs)")
-        qf = opts["quantile_fraction"]
-        if not _is_number(qf) or not 0 < qf <= 0.5:
-            raise SpaceError(src, "scheduler.quantile_fraction", qf, "a number in (0, 0.5]")
-        rp = opts["resample_probability"]
-        if not _is_number(rp) or not 0 <= rp <= 1:
-            raise SpaceError(src, "scheduler.resample_probability", rp, "a number in [0, 1]")
+    if spec.copies_weights and len(space.lambdas()) > 1:
+        raise SpaceError(src, "scheduler", space.scheduler,
+                         f"{spec.title or space.scheduler} copies weights between trials, so it needs one lambda; "
+                         f"this space has {len(space.lambdas())}: run one sweep per lambda")
+    searcher = SEARCHER_SPECS.get(space.searcher) if isinstance(space.searcher, str) else None
+    if spec.mutates_configs and searcher is not None and searcher.suggests_configs:
+        others = words([n for n, s in SEARCHER_SPECS.items() if not s.suggests_configs])
+        raise SpaceError(src, "searcher", space.searcher,
+                         f"{space.scheduler} mutates configs itself: use searcher {others}")
 
 
 def _validate_searcher(space: SearchSpace) -> None:
-    src, opts = space.source, space.searcher_options
-    if space.searcher not in SEARCHER_NAMES:
-        raise SpaceError(src, "searcher", space.searcher, f"allowed: {', '.join(SEARCHER_NAMES)}")
-    for k in opts:
-        if k not in SEARCHER_OPTIONS[space.searcher]:
-            allowed = ", ".join(sorted(SEARCHER_OPTIONS[space.searcher])) or "none"
-            raise SpaceError(src, f"searcher.{k}", opts[k], f"unknown option for {space.searcher}; allowed: {allowed}")
-    opts = searcher_options(space.searcher, opts)  # the declared defaults filled in
-    if space.searcher == "optuna":
-        sampler = opts["sampler"]
-        if sampler not in OPTUNA_SAMPLERS:
-            raise SpaceError(src, "searcher.sampler", sampler, f"allowed: {', '.join(OPTUNA_SAMPLERS)}")
-        ns = opts["n_startup_trials"]
-        if not _is_int(ns) or ns < 1:
-            raise SpaceError(src, "searcher.n_startup_trials", ns, "an integer >= 1")
+    src, name = space.source, space.searcher
+    if not isinstance(name, str) or name not in SEARCHER_SPECS:
+        raise SpaceError(src, "searcher", name, f"allowed: {', '.join(SEARCHER_SPECS)}")
+    spec = space.searcher_spec
+    _check_options(src, "searcher", name, space.searcher_options, spec.options, space.max_epochs)
+    if spec.samples_are_trials:
+        multiplying = [n for n, s in SEARCHER_SPECS.items() if not s.samples_are_trials]
         for key, dom in space.params.items():
-            if dom.is_grid():
-                raise SpaceError(src, f"params.{key}.type", "grid",
-                                 "searcher optuna samples one study and cannot run a grid axis; use searcher "
-                                 "random/grid, or choice (and beware: ASHA groups by lambda, TPE does not)")
+            if dom.grid_axis:
+                choices = words([k for k, c in domains.DOMAINS.items() if c.categorical])
+                raise SpaceError(src, f"params.{key}.type", dom.kind,
+                                 f"searcher {name} samples one study and cannot run a grid axis; use searcher "
+                                 f"{'/'.join(multiplying)}, or {choices} (and beware: ASHA groups by lambda, "
+                                 f"{name} does not)")
         if space.configurations:
             raise SpaceError(src, "configurations", list(space.configurations),
-                             "named configurations are a grid: use searcher grid or random")
+                             f"named configurations are a grid: use searcher {words(multiplying)}")
         if space.repeats != 1:
-            raise SpaceError(src, "repeats", space.repeats, "searcher optuna runs one seed per trial; repeats "
-                             "needs searcher grid or random")
-    if space.searcher == "grid":
+            raise SpaceError(src, "repeats", space.repeats, f"searcher {name} runs one seed per trial; repeats "
+                             f"needs searcher {words(multiplying)}")
+    if spec.enumerates:
         for key, dom in space.params.items():
-            if dom.is_random() and not isinstance(dom, Choice):
+            if dom.sampled and not dom.categorical:
+                listed = words([k for k, c in domains.DOMAINS.items() if c.grid_axis or c.categorical or c.constant])
+                drawing = words([n for n, s in SEARCHER_SPECS.items()
+                                 if not (s.enumerates or s.samples_are_trials)])
                 raise SpaceError(src, f"params.{key}.type", dom.kind,
-                                 "searcher grid enumerates values: use grid, choice or fixed (or searcher random)")
+                                 f"searcher {name} enumerates values: use {listed} (or searcher {drawing})")
 
 
 def _mapping(source: str, key: str, value: Any) -> dict:
@@ -686,10 +487,11 @@ def parse_space(data: Any, source: str = "<string>") -> SearchSpace:
     params = {str(k): parse_domain(source, str(k), v)
               for k, v in _mapping(source, "params", data.get("params")).items()}
     # A fixed-type param is just a fixed value.
-    for k in [k for k, d in params.items() if isinstance(d, Fixed)]:
+    for k in [k for k, d in params.items() if d.constant]:
+        (value,) = params.pop(k).values()
         if k in fixed:
-            raise SpaceError(source, f"params.{k}", params[k].value, "also set in fixed; set it in one place")
-        fixed[k] = params.pop(k).value
+            raise SpaceError(source, f"params.{k}", value, "also set in fixed; set it in one place")
+        fixed[k] = value
     configurations = {str(k): dict(v) if isinstance(v, Mapping) else v
                       for k, v in _mapping(source, "configurations", data.get("configurations")).items()}
     resources = _mapping(source, "resources", data.get("resources"))
@@ -699,9 +501,9 @@ def parse_space(data: Any, source: str = "<string>") -> SearchSpace:
     parent = _mapping(source, "parent", data.get("parent")) if "parent" in data else None
     parent_resources = _mapping(source, "parent.resources", parent.pop("resources", None)) if parent else {}
     scheduler, scheduler_options = _named(source, "scheduler", data.get("scheduler", SPACE_DEFAULTS["scheduler"]),
-                                           SCHEDULER_NAMES)
+                                           tuple(SCHEDULER_SPECS))
     searcher, searcher_options = _named(source, "searcher", data.get("searcher", SPACE_DEFAULTS["searcher"]),
-                                         SEARCHER_NAMES)
+                                         tuple(SEARCHER_SPECS))
     seed = fixed.pop(SEED_KEY, SPACE_DEFAULTS["seed"])
     kwargs: dict[str, Any] = {}
     for name in ("description", "metric", "mode", "samples", "repeats", "max_concurrent", "max_failures",
@@ -761,30 +563,12 @@ def resolve_space_path(name_or_path: str, root: Path | None = None) -> Path:
 VALIDATION_DRAWS = 8
 
 
-def _random_value(dom: Domain, where: str, rng: random.Random | None = None) -> Any:
-    """A value of a random domain: at its lower or upper bound (``where``), or drawn with ``rng``."""
-    if isinstance(dom, Simplex):
-        us = {"low": [1e-9] + [1.0] * (dom.dim - 1), "high": [1.0] * (dom.dim - 1) + [1e-9],
-              "middle": [0.5] * dom.dim}.get(where) or [rng.random() for _ in range(dom.dim)]
-        return dom.from_uniforms(us)
-    if isinstance(dom, RandInt):  # high is excluded (Ray's convention)
-        if where == "draw":
-            return rng.randrange(dom.low, dom.high)
-        return dom.high - 1 if where == "high" else dom.low
-    if where in ("low", "high"):
-        return getattr(dom, where)
-    if isinstance(dom, LogUniform):
-        return math.exp(rng.uniform(math.log(dom.low), math.log(dom.high)))
-    value = rng.uniform(dom.low, dom.high)
-    return round(value / dom.q) * dom.q if isinstance(dom, QUniform) else value
-
-
 def _configs(space: SearchSpace, random_rows: list[dict[str, Any]], seeds: tuple[int, ...]) -> list[dict[str, Any]]:
     """Flat trial configs: every grid and choice value x ``random_rows`` (values of the random domains) x every
     configuration x ``seeds``."""
     rows: list[dict[str, Any]] = [{}]
     for key, dom in space.params.items():
-        if dom.is_grid() or isinstance(dom, Choice):
+        if dom.grid_axis or dom.categorical:
             rows = [{**r, key: v} for r in rows for v in dom.values()]
     rows = [{**r, **values} for r in rows for values in random_rows]
     labelled = [(label, cfg) for label, cfg in space.configurations.items()] or [(space.study, {})]
@@ -793,24 +577,23 @@ def _configs(space: SearchSpace, random_rows: list[dict[str, Any]], seeds: tuple
 
 
 def _random_domains(space: SearchSpace) -> dict[str, Domain]:
-    return {k: d for k, d in space.params.items()
-            if not (d.is_grid() or isinstance(d, Choice)) and isinstance(d, Simplex | RandInt | _Interval)}
+    """The domains drawn from a range (not a list of values)."""
+    return {k: d for k, d in space.params.items() if d.sampled and not d.categorical}
 
 
 def trial_configs(space: SearchSpace) -> list[dict[str, Any]]:
     """Representative flat trial configs (one per grid point/configuration/seed; random domains at their lower
     bound, a simplex at equal weights), as --dry-run lists them."""
-    random_domains = _random_domains(space)
-    middle = {k: _random_value(d, "middle" if isinstance(d, Simplex) else "low") for k, d in random_domains.items()}
-    return _configs(space, [middle], space.seeds)
+    typical = {k: d.typical() for k, d in _random_domains(space).items()}
+    return _configs(space, [typical], space.seeds)
 
 
 def validation_configs(space: SearchSpace, draws: int = VALIDATION_DRAWS) -> list[dict[str, Any]]:
     """The trial configs validation builds before Ray starts: every grid point and configuration with the random
-    domains at both bounds and at ``draws`` random draws (seeded by the space's seed), first seed only."""
+    domains at both ends and at ``draws`` random draws (seeded by the space's seed), first seed only."""
     random_domains = _random_domains(space)
     rng = random.Random(space.seed)
-    rows = [{k: _random_value(d, where) for k, d in random_domains.items()} for where in ("low", "high")]
+    rows = [{k: d.extremes()[end] for k, d in random_domains.items()} for end in (0, 1)]
     if random_domains:
-        rows += [{k: _random_value(d, "draw", rng) for k, d in random_domains.items()} for _ in range(draws)]
+        rows += [{k: d.draw(rng) for k, d in random_domains.items()} for _ in range(draws)]
     return _configs(space, rows, space.seeds[:1])

@@ -10,7 +10,8 @@ import pytest
 
 ANALYSIS = ("hpcm_tune.analysis", "hpcm_tune.analysis.cli", "hpcm_tune.analysis.report", "hpcm_tune.analysis.search",
             "hpcm_tune.analysis.results")
-CONTRACTS = ("hpcm_tune.experiment", "hpcm_tune.sweep_settings")  # read by the sweep and the analysis alike
+# read by the sweep and the analysis alike
+CONTRACTS = ("hpcm_tune.experiment", "hpcm_tune.sweep_settings", "hpcm_tune.domains")
 
 
 def imported_after(module: str) -> list[str]:

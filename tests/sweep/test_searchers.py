@@ -114,3 +114,27 @@ def test_variant_searchers_enforce_max_concurrent(searcher):
                            source="c.yaml")
     generator, _, _ = build_searcher(space)
     assert generator.max_concurrent == 3
+
+
+def test_optuna_asks_each_domain_for_its_own_distributions():
+    import optuna
+
+    data = {"study": "t", "samples": 8, "scheduler": "fifo", "fixed": {"preset": "tiny", "lmbda": 0.01, "epochs": 3},
+            "params": {"scale_weights": {"type": "simplex", "dim": 3, "min": 0.1},
+                       "w_lr": {"type": "choice", "values": [0.01, 0.05]},
+                       "gamma_s1": {"type": "loguniform", "low": 0.001, "high": 0.02},
+                       "gamma_s2": {"type": "quniform", "low": 0.001, "high": 0.02, "q": 0.001},
+                       "batch_size": {"type": "randint", "low": 2, "high": 5}}}
+    space = sp.parse_space(data, "t.yaml")
+    alg, _, _ = build_searcher(space)
+    alg._ot_study.sampler = optuna.samplers.RandomSampler(seed=1)
+    rows = [alg.suggest(f"t{i}") for i in range(8)]
+    for r in rows:
+        assert r["w_lr"] in (0.01, 0.05) and 0.001 <= r["gamma_s1"] <= 0.02
+        assert abs(r["gamma_s2"] / 0.001 - round(r["gamma_s2"] / 0.001)) < 1e-9
+        assert isinstance(r["batch_size"], int) and 2 <= r["batch_size"] <= 4  # high excluded, as in Ray
+        raw = space.params["scale_weights"].raw_keys("scale_weights")
+        assert r["scale_weights"] == space.params["scale_weights"].from_uniforms([r[k] for k in raw])
+    dists = alg._ot_study.trials[0].distributions
+    assert dists["gamma_s1"].log and dists["gamma_s2"].step == 0.001 and dists["batch_size"].high == 4
+    assert "scale_weights" not in dists  # derived: its raw draws are the parameters

@@ -186,12 +186,26 @@ def test_internal_test_hooks_allowed_in_fixed_and_stripped():
     assert "_fake_fail_epoch" not in sp.training_config(sp.trial_configs(s)[0])
 
 
-def test_domain_spec_round_trip():
+def test_domain_record_round_trip():
     for spec in ({"type": "grid", "values": [0.1, 0.2]}, {"type": "choice", "values": ["a", "b"]},
                  {"type": "quniform", "low": 0.0, "high": 1.0, "q": 0.25}, {"type": "randint", "low": 1, "high": 4},
                  {"type": "simplex", "dim": 3, "min": 0.1}, {"type": "loguniform", "low": 0.001, "high": 0.1}):
         dom = sp.parse_domain("f", "k", spec)
-        assert sp.parse_domain("f", "k", sp.domain_spec(dom)) == dom
+        assert dom.to_record() == spec
+        assert sp.parse_domain("f", "k", dom.to_record()) == dom
+
+
+def test_domain_mistakes_name_the_file():
+    with pytest.raises(sp.SpaceError) as info:
+        sp.parse_domain("f.yaml", "lr", {"type": "uniform", "low": 1.0, "high": 0.5})
+    assert (info.value.source, info.value.key, info.value.value) == ("f.yaml", "params.lr.low", 1.0)
+    assert str(info.value) == "f.yaml: params.lr.low = 1.0: must be below high (0.5)"
+    with pytest.raises(sp.SpaceError, match=r"^f.yaml: params.lr.type = 'gauss': allowed: fixed, uniform, "
+                                            r"loguniform, quniform, randint, choice, grid, simplex$"):
+        sp.parse_domain("f.yaml", "lr", {"type": "gauss"})
+    with pytest.raises(sp.SpaceError, match=r"^f.yaml: params.lr = 'step': unknown field for type uniform; "
+                                            r"allowed: high, low$"):
+        sp.parse_domain("f.yaml", "lr", {"type": "uniform", "low": 0.1, "high": 0.5, "step": 2})
 
 
 def test_config_keys_and_value_rules_are_the_run_configs():
