@@ -12,6 +12,9 @@ parameters, under the random searcher) is both: its search section takes the con
 is the uniform draws behind a simplex (``_simplex_<key>_<i>``): those make a search over that key, anything
 else is read as a study, as before.
 
+The domains are hpcm_tune.domains' classes, rebuilt from the recorded form (``from_record``): each says whether a
+searcher draws it, its components, its description and its Optuna distribution, so this module names none.
+
 Importances. Per lambda (losses at different lambdas are not comparable), an in-memory Optuna study is built
 from the trials (``optuna.create_study`` + ``study.add_trial(optuna.trial.create_trial(...))``), with the
 distributions of the search-space domains (log for loguniform; a simplex as its components) and each trial's
@@ -50,15 +53,14 @@ from hpcm_tune.analysis.results import (
     finite,
 )
 from hpcm_tune.analysis.tables import COLLAPSED, RATES, AnalysisOptions, collapse_flags, metric_column
+from hpcm_tune.domains import DOMAINS, Choice, Domain, Simplex, category
+from hpcm_tune.sweep_settings import enumerates_choices
 
 # Fewer finished trials than this at one lambda: no importance is printed (a random forest or a Parzen estimator
 # of a handful of points ranks noise). Optuna's PED-ANOVA docs ask for at least 5 trials in its top quantile.
 MIN_TRIALS_FOR_IMPORTANCE = 10
 # Rows of a leaderboard in the Markdown report (all of them in search_leaderboard.csv).
 MAX_BOARD_ROWS = 20
-# Domains a searcher draws from; "choice" too, unless the searcher is grid (which enumerates it).
-SAMPLED_KINDS = ("uniform", "loguniform", "quniform", "randint", "simplex", "choice")
-ENUMERATING_SEARCHER = "grid"
 SIMPLEX_DRAW = re.compile(r"^_simplex_(.+)_(\d+)$")  # the uniform draws behind a simplex, in params.json
 CONFIGURATION_PARAM = "configuration"  # a mixed sweep's configuration label, as a categorical parameter
 # Config keys the reproduce command leaves out: metadata, ignored by training (docs/architecture.md).
@@ -76,83 +78,60 @@ EARLY_NOTE = ("trials stopped early enter as PRUNED (their last value an interme
 
 @dataclass(frozen=True)
 class SearchParam:
-    """One parameter a searcher sampled, from its search-space domain (YAML form, search_spaces/README.md)."""
+    """One parameter a searcher sampled: its name and its search-space domain (hpcm_tune.domains, rebuilt from
+    the recorded YAML form, search_spaces/README.md)."""
 
     name: str
-    kind: str
-    low: float | None = None
-    high: float | None = None
-    values: tuple = ()
-    dim: int = 0
-    min: float = 0.0
+    domain: Domain
+
+    @property
+    def kind(self) -> str:
+        return self.domain.kind
 
     @property
     def log(self) -> bool:
-        return self.kind == "loguniform"
+        return self.domain.log
 
     @property
     def categorical(self) -> bool:
-        return self.kind == "choice"
+        return self.domain.categorical
+
+    @property
+    def values(self) -> tuple:
+        """A categorical domain's values as Optuna holds them (lists as JSON); () for the others."""
+        return tuple(category(v) for v in self.domain.values()) if self.categorical else ()
 
     @property
     def components(self) -> tuple[str, ...]:
         """The names importances and figures use: a simplex as its components ``key[i]``, else the key."""
-        return tuple(f"{self.name}[{i}]" for i in range(self.dim)) if self.kind == "simplex" else (self.name,)
+        return self.domain.components(self.name)
 
     def component_values(self, value) -> tuple | None:
         """The values of :attr:`components` in a trial's config value; None when absent or malformed."""
         if value is None or (isinstance(value, float) and math.isnan(value)):
             return None
-        if self.kind == "simplex":
-            if not isinstance(value, list | tuple) or len(value) != self.dim or not all(finite(v) for v in value):
-                return None
-            return tuple(float(v) for v in value)
-        if self.categorical:
-            return (_category(value),)
-        return (float(value),) if finite(value) else None
+        return self.domain.component_values(value)
 
     def describe(self) -> str:
-        if self.kind == "simplex":
-            return f"`{self.name}` simplex of {self.dim} weights ≥ {self.min:g} (as its {self.dim} components)"
-        if self.categorical:
-            return f"`{self.name}` choice of {', '.join(str(v) for v in self.values)}"
-        if self.kind == "randint":
-            return f"`{self.name}` randint [{self.low:g}, {self.high:g})"
-        if self.low is None:
-            return f"`{self.name}` {self.kind}"
-        return f"`{self.name}` {self.kind} [{self.low:g}, {self.high:g}]"
+        return self.domain.describe(self.name)
 
-
-def _category(value) -> str | int | float | bool | None:
-    """A choice value as Optuna accepts it (None, bool, int, float, str): lists and mappings as JSON."""
-    if value is None or isinstance(value, bool | int | float | str):
-        return value
-    return json.dumps(value if not isinstance(value, tuple) else list(value), default=str)
+    def distribution(self, index: int, observed: list):
+        """The Optuna distribution of component ``index``: the domain's, widened to the observed values."""
+        return self.domain.importance_distribution(index, observed)
 
 
 def parse_param(name: str, spec, searcher: str | None) -> SearchParam | None:
     """The :class:`SearchParam` of one ``params`` entry of a recorded search space, or None when the searcher
-    does not sample it (a bare value, fixed, grid; choice under the grid searcher). Raises ValueError naming the
-    key and the spec when a sampled domain lacks its fields."""
-    if not isinstance(spec, dict) or spec.get("type") not in SAMPLED_KINDS:
+    does not sample it (a bare value, fixed, grid; choice under a searcher that enumerates it, such as grid).
+    Raises ValueError naming the key and the spec when a sampled domain lacks its fields."""
+    kind = spec.get("type") if isinstance(spec, dict) else None
+    cls = DOMAINS.get(kind) if isinstance(kind, str) else None
+    if cls is None or not cls.sampled or (cls.categorical and enumerates_choices(searcher)):
         return None
-    kind = spec["type"]
-    if kind == "choice":
-        if searcher == ENUMERATING_SEARCHER:
-            return None
-        values = spec.get("values")
-        if not isinstance(values, list | tuple) or not values:
-            raise ValueError(f"params.{name} = {spec!r}: a choice needs a non-empty list 'values'")
-        return SearchParam(name, kind, values=tuple(_category(v) for v in values))
-    if kind == "simplex":
-        dim = spec.get("dim")
-        if not isinstance(dim, int) or dim < 1:
-            raise ValueError(f"params.{name} = {spec!r}: a simplex needs an integer 'dim' >= 1")
-        return SearchParam(name, kind, dim=dim, min=float(spec.get("min") or 0.0))
-    low, high = spec.get("low"), spec.get("high")
-    if not (finite(low) and finite(high)):
-        raise ValueError(f"params.{name} = {spec!r}: a {kind} domain needs finite 'low' and 'high'")
-    return SearchParam(name, kind, low=float(low), high=float(high))
+    try:
+        return SearchParam(name, cls.from_record(spec))
+    except ValueError as exc:
+        raise ValueError(f"params.{name} = {spec!r}: {exc}") from None
 
 
 def recorded_space(header: dict) -> dict | None:
@@ -205,7 +184,7 @@ def classify(experiment: Experiment) -> SweepParts:
             found = SIMPLEX_DRAW.match(str(key))
             if found:
                 dims[found.group(1)] = max(dims.get(found.group(1), 0), int(found.group(2)) + 1)
-    params = tuple(SearchParam(k, "simplex", dim=d) for k, d in dims.items())
+    params = tuple(SearchParam(k, Simplex(dim=d)) for k, d in dims.items())
     return SweepParts(experiment.name, study, params, (), None,
                       "the simplex draws in the trials' params.json (no search space recorded)" if params else
                       "no search space recorded and no trace of a searcher in the trials")
@@ -316,28 +295,6 @@ def _board(rows: pd.DataFrame, params: tuple[SearchParam, ...], value_col: str, 
     return board.drop(columns=["_o", "_k"]).reset_index(drop=True)
 
 
-def _distribution(param: SearchParam, index: int, observed: list):
-    """The Optuna distribution of one component: the domain's, widened to the observed values (a simplex
-    component rounded to 6 digits, a quniform value rounded past its bound, a choice the space no longer has)."""
-    from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
-
-    if param.categorical:
-        return CategoricalDistribution(list(dict.fromkeys([*param.values, *observed])))
-    if param.kind == "simplex":
-        low, high = param.min, 1.0 - (param.dim - 1) * param.min
-    elif param.kind == "randint":
-        low, high = param.low, param.high - 1
-    else:
-        low, high = param.low, param.high
-    values = [float(v) for v in observed if finite(v)]
-    low, high = min([low, *values]), max([high, *values])
-    if param.kind == "randint":
-        return IntDistribution(int(math.floor(low)), int(math.ceil(high)))
-    if high <= low:
-        high = low + abs(low) * 1e-9 + 1e-12
-    return FloatDistribution(low, high, log=param.log and low > 0)
-
-
 def ped_anova_quantile(finished: int) -> float:
     """PED-ANOVA's ``target_quantile`` for ``finished`` COMPLETE trials: Optuna's default 0.1, raised so that at
     least PED_ANOVA_TOP trials are in the top quantile (Optuna's docs ask for 5; with the default, a sweep of 20
@@ -386,7 +343,7 @@ def importance_study(board: pd.DataFrame, components: list[tuple[SearchParam, in
     import optuna
     from optuna.trial import TrialState, create_trial
 
-    distributions = {name: _distribution(p, i, list(board[name])) for p, i, name in components}
+    distributions = {name: p.distribution(i, list(board[name])) for p, i, name in components}
     verbosity = optuna.logging.get_verbosity()
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # no "A new study created in memory" line
     try:
@@ -582,7 +539,7 @@ def search_sections(experiments: list[Experiment], trials: pd.DataFrame, options
     for study, group in groups.items():
         params = tuple(group["params"].values())
         if len(group["labels"]) > 1:  # configurations crossed with sampled parameters: one more parameter
-            params = (*params, SearchParam(CONFIGURATION_PARAM, "choice", values=tuple(sorted(group["labels"]))))
+            params = (*params, SearchParam(CONFIGURATION_PARAM, Choice(tuple(sorted(group["labels"])))))
         rows = trials[trials["trial_dir"].isin(list(group["records"]))]
         if len(group["labels"]) > 1:
             rows = rows.assign(**{CONFIGURATION_PARAM: rows[LABEL]})
@@ -622,7 +579,7 @@ def board_display(section: SearchSection, at: SearchAtLambda, rows: int | None =
                         "PSNR (dB)": [fmt.compact(v, fmt.PSNR_DIGITS) for v in board["psnr"]],
                         "bpp": [fmt.compact(v, fmt.BPP_DIGITS) for v in board["bpp"]]})
     for p in section.params:
-        if p.kind == "simplex":
+        if len(p.components) > 1:
             out[p.name] = [fmt.joined((board.at[i, c] for c in p.components), 3) if all(
                 finite(board.at[i, c]) for c in p.components) else fmt.NA for i in board.index]
         elif p.categorical:

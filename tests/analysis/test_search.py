@@ -7,12 +7,14 @@ import shlex
 
 import numpy as np
 import pytest
+from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
 from hpcm_tune.analysis import search
 from hpcm_tune.analysis.report import build_report, render_markdown, write_outputs
 from hpcm_tune.analysis.results import FINISHED, STOPPED, load_experiments, read_experiment
 from hpcm_tune.analysis.search_plots import parallel_figure, params_figure, search_gid
 from hpcm_tune.analysis.tables import AnalysisOptions
+from hpcm_tune.domains import Simplex
 from hpcm_tune.testing import write_experiment_dir
 
 LMBDA = 0.0067
@@ -217,6 +219,23 @@ def test_classification_from_the_recorded_space_or_the_trials():
         search.parse_param("g", {"type": "uniform", "high": 1.0}, "optuna")
     with pytest.raises(ValueError, match=r"params\.sw = .*'dim'"):
         search.parse_param("sw", {"type": "simplex"}, "optuna")
+    with pytest.raises(ValueError, match=r"params\.q = .*'q'"):
+        search.parse_param("q", {"type": "quniform", "low": 0.0, "high": 1.0}, "optuna")
+    # Not sampled: a bare value, fixed, a grid, an unknown or malformed type.
+    for spec in (0.1, {"type": "fixed", "value": 1}, {"type": "grid", "values": [1, 2]}, {"type": "gauss"},
+                 {"type": ["uniform"]}):
+        assert search.parse_param("k", spec, "random") is None, spec
+    # Each domain as the report reads it: components, description, the Optuna distribution of importances.
+    ints = search.parse_param("b", {"type": "randint", "low": 2, "high": 9}, "optuna")
+    assert ints.describe() == "`b` randint [2, 9)" and not ints.categorical
+    assert ints.distribution(0, [3.0, 11.0]) == IntDistribution(2, 11)  # widened to an observed value
+    sw = search.parse_param("sw", {"type": "simplex", "dim": 3, "min": 0.1}, "optuna")
+    assert sw.component_values([0.2, 0.3, 0.5]) == (0.2, 0.3, 0.5) and sw.component_values([0.5, 0.5]) is None
+    assert sw.distribution(1, [0.3]) == FloatDistribution(0.1, 0.8)
+    lists = search.parse_param("w", {"type": "choice", "values": [[1, 2], "a"]}, "optuna")
+    assert lists.values == ("[1, 2]", "a") and lists.component_values([1, 2]) == ("[1, 2]",)
+    assert lists.distribution(0, ["b"]) == CategoricalDistribution(["[1, 2]", "a", "b"])
+    assert lists.describe() == "`w` choice of [1, 2], a"
 
 
 def test_without_a_recorded_space_the_simplex_draws_mark_a_search(storage):
@@ -227,5 +246,5 @@ def test_without_a_recorded_space_the_simplex_draws_mark_a_search(storage):
     (root / "hpcm_tune.json").write_text(json.dumps(header))
     parts = search.classify(read_experiment(root))
     assert parts.is_search and [p.name for p in parts.params] == ["scale_weights"]
-    assert parts.params[0].dim == 3 and parts.params[0].components[-1] == "scale_weights[2]"
+    assert parts.params[0].domain == Simplex(3) and parts.params[0].components[-1] == "scale_weights[2]"
     assert "simplex draws" in parts.source
