@@ -66,6 +66,9 @@ class SearcherSpec:
     samples_are_trials: bool = False
     # A search algorithm that suggests every config from past results (not Ray's variant generator).
     suggests_configs: bool = False
+    # Keeps an Optuna study, which may live in a database (--optuna-storage; the builder takes storage_url,
+    # study_name and experiment).
+    keeps_optuna_study: bool = False
 
 
 def _int_in_epochs(v: Any, epochs: int) -> str | None:
@@ -118,7 +121,7 @@ SCHEDULER_SPECS: dict[str, SchedulerSpec] = {
 }
 SEARCHER_SPECS: dict[str, SearcherSpec] = {
     OPTUNA: SearcherSpec(options={"sampler": Option(TPE, _sampler), "n_startup_trials": Option(4, _positive_int)},
-                         samples_are_trials=True, suggests_configs=True),
+                         samples_are_trials=True, suggests_configs=True, keeps_optuna_study=True),
     RANDOM: SearcherSpec(),
     GRID: SearcherSpec(enumerates=True),
 }

@@ -306,9 +306,11 @@ def build_variants(space: SearchSpace) -> SearcherBuild:
 
 def build_searcher(space: SearchSpace, optuna_storage_url: str | None = None, study_name: str | None = None,
                    experiment: str | None = None) -> SearcherBuild:
-    """The searcher of ``space``; with ``optuna_storage_url`` (optuna only), its study in that database."""
-    if space.searcher == OPTUNA:
-        return build_optuna(space, storage_url=optuna_storage_url, study_name=study_name, experiment=experiment)
+    """The searcher of ``space``; with ``optuna_storage_url`` (a searcher that keeps an Optuna study), its study in
+    that database."""
+    if space.searcher_spec.keeps_optuna_study:
+        return SEARCHERS.get(space.searcher)(space, storage_url=optuna_storage_url, study_name=study_name,
+                                             experiment=experiment)
     if optuna_storage_url is not None:
         raise ValueError(f"an Optuna study database needs the optuna searcher; this sweep's is {space.searcher!r}")
     return SEARCHERS.get(space.searcher)(space)
