@@ -218,8 +218,8 @@ def packed_sweep(seconds: float, limit_s: float) -> dict[str, Any]:
     work = Path(tempfile.mkdtemp(prefix="bench-gpu-sweep-"))
     space = sweep_space()
     (work / "space.yaml").write_text(yaml.safe_dump(space))
-    cmd = [sys.executable, "tune.py", "--engine", "hpcm", "--space", str(work / "space.yaml"), "--storage",
-           str(work / "results"), "--name", "packed", "--gpus-per-trial", "0.25", "--cpus-per-trial", "2", "-q"]
+    cmd = [sys.executable, "tune.py", "--space", str(work / "space.yaml"), "--storage", str(work / "results"),
+           "--name", "packed", "--gpus-per-trial", "0.25", "--cpus-per-trial", "2", "-q"]
     sampler = GpuSampler()
     start = time.monotonic()
     with open(work / "driver.log", "w") as log:  # the driver keeps its own descriptor

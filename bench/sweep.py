@@ -12,7 +12,8 @@
    (crops x crop area) and seconds, counted in the order they were spent until eval/loss first reaches it.
 
     python bench/sweep.py                       # real engine, default sizes (~25 min on 2 busy cores)
-    python bench/sweep.py --engine fake         # the sweep machinery only, seconds per trial
+    python bench/sweep.py --engine fake         # the sweep machinery only, seconds per trial (the tests' fake
+                                                # engine, tests/sweep/fake_engine.py; tune.py offers only hpcm)
     python bench/sweep.py --trials 2 --steps 20 --asha-samples 6 --asha-epochs 4
     python bench/sweep.py --skip-overhead --warm-start --storage /tmp/bench   # issue 10's figures
 
@@ -34,9 +35,18 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+TEST_SUPPORT = ROOT / "tests" / "sweep"  # the fake engine and fake_tune.py (tune.py's command line with it)
 
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("WANDB_MODE", "offline")
+
+
+def register_fake_engine() -> None:
+    """Make the tests' fake engine available as engine "fake": importing it registers it and puts its folder on
+    PYTHONPATH, so the Ray workers started afterwards import it too."""
+    if str(TEST_SUPPORT) not in sys.path:
+        sys.path.insert(0, str(TEST_SUPPORT))
+    import fake_engine  # noqa: F401
 
 
 def _cpu(who: int) -> float:
@@ -71,8 +81,9 @@ def overhead(args: argparse.Namespace, storage: Path) -> None:
         return time.perf_counter() - wall, _cpu(resource.RUSAGE_SELF) - cpu
 
     def through_tune(i: int) -> tuple[float, float]:
-        cmd = [sys.executable, str(ROOT / "tune.py"), "--space", str(space_file), "--engine", args.engine,
-               "--storage", str(storage), "--name", f"overhead{i}", "--num-cpus", str(args.cpus), "-q"]
+        tune_py = TEST_SUPPORT / "fake_tune.py" if args.engine == "fake" else ROOT / "tune.py"
+        cmd = [sys.executable, str(tune_py), "--space", str(space_file), "--storage", str(storage), "--name",
+               f"overhead{i}", "--num-cpus", str(args.cpus), "-q"]
         wall, cpu = time.perf_counter(), _cpu(resource.RUSAGE_CHILDREN)
         proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
         wall, cpu = time.perf_counter() - wall, _cpu(resource.RUSAGE_CHILDREN) - cpu
@@ -232,7 +243,9 @@ def warm_start_compute(args: argparse.Namespace, storage: Path, warm: dict) -> N
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--engine", default="hpcm", choices=("hpcm", "fake"))
+    p.add_argument("--engine", default="hpcm", choices=("hpcm", "fake"),
+                   help="hpcm (the real engine) or fake (the tests' stand-in, tests/sweep/fake_engine.py: the sweep "
+                        "machinery alone)")
     p.add_argument("--trials", type=int, default=3, help="overhead: trials (seeds)")
     p.add_argument("--epochs", type=int, default=3, help="overhead: epochs per trial")
     p.add_argument("--steps", type=int, default=40, help="steps per epoch (both parts)")
@@ -251,6 +264,8 @@ def main() -> None:
     p.add_argument("--storage", type=Path, help="where experiments and the cached parent go (default: a "
                    "temporary folder); reusing one reuses its parent")
     args = p.parse_args()
+    if args.engine == "fake":
+        register_fake_engine()
     print(f"machine: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} at start")
     with tempfile.TemporaryDirectory(prefix="bench-sweep-") as tmp:
         storage = args.storage or Path(tmp)

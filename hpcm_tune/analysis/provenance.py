@@ -143,9 +143,10 @@ def tune_command(header: dict, name: str, storage: Path | None = None) -> tuple[
     argv = ["python", "tune.py", "--space", str(space_file), "--name", str(header.get("name") or name)]
     if storage is not None and storage.name != "results":
         argv += ["--storage", str(storage)]
-    if header.get("engine") and header["engine"] != "hpcm":
-        argv += ["--engine", str(header["engine"])]
     flags, note = _override_flags(header)
+    if header.get("engine") and header["engine"] != "hpcm":  # no flag selects it: its program registered it
+        note += (f"; its trials ran engine {str(header['engine'])!r}, which tune.py does not offer: a stand-in for "
+                 f"tests or benchmarks that the program which started the sweep registered, not the real engine")
     return shlex.join(argv + flags), note
 
 

@@ -140,9 +140,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--trust-storage", action="store_true",
                    help="with --resume: continue even if other users can write the experiment directory (Ray "
                         "unpickles its state, so they could run code on this machine)")
-    p.add_argument("--engine", default="hpcm", choices=("hpcm", "fake"),
-                   help="what a trial trains: hpcm (the real engine) or fake (a seconds-long stand-in for tests "
-                        "and benchmarks of the sweep machinery)")
     p.add_argument("--num-cpus", type=_positive_int, help="CPUs of the local Ray (default: all)")
     p.add_argument("--top", type=_positive_int, default=3, help="best trials listed per lambda (default: 3)")
     p.add_argument("--dry-run", action="store_true",
@@ -207,7 +204,11 @@ def _resume_dry_run(experiment: str, opts: Any) -> int:
     return 0
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None, engine: str = "hpcm") -> int:
+    """tune.py: parse ``argv`` (default sys.argv), run or resume the sweep, print its summary; the exit status.
+    ``engine``: the registered engine (hpcm_tune.sweep.trainable.ENGINES) a new sweep's trials and parents
+    train. Users have the real one; a test or benchmark that registered a stand-in names it here (no flag
+    offers it). A resumed sweep trains the engine it recorded."""
     parser = build_parser()
     args = parser.parse_args(argv)
     from hpcm_tune.sweep.launcher import SweepOptions, format_summary, resume_sweep, run_sweep
@@ -224,12 +225,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             parser.error(f"--resume continues a sweep as it was started (Ray restores its settings and callbacks); "
                          f"{', '.join(changing)} would not take effect (allowed with --resume: --storage, "
                          f"--address, --num-cpus, --retry-errored, --restart-errored, --trust-storage, --top, "
-                         f"--dry-run, -q; the engine is the one recorded)")
+                         f"--dry-run, -q)")
     if args.retry_errored and args.restart_errored:
         parser.error("choose one of --retry-errored and --restart-errored")
     try:
         opts = SweepOptions(
-            name=args.name, storage=args.storage, address=args.address, engine=args.engine, wandb=args.wandb,
+            name=args.name, storage=args.storage, address=args.address, engine=engine, wandb=args.wandb,
             wandb_project=args.wandb_project, wandb_upload_timeout_s=args.wandb_upload_timeout,
             retry_errored=args.retry_errored, restart_errored=args.restart_errored, num_cpus=args.num_cpus,
             trust_storage=args.trust_storage, optuna_storage=args.optuna_storage,
@@ -251,7 +252,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 check_init_from(space)
                 print(f"{space.source}: {space.study}, {space.total_trials()} trials, scheduler {space.scheduler}, "
                       f"searcher {space.searcher}, metric {space.metric} ({space.mode}), epochs {space.max_epochs}")
-                parents = plan_parents(space, storage_root(args.storage), args.engine)
+                parents = plan_parents(space, storage_root(args.storage), engine)
                 if parents:
                     print(f"{len(parents)} parent(s), trained before the trials and cached under "
                           f"{storage_root(args.storage)}/parents:")

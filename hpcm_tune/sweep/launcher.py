@@ -403,7 +403,9 @@ def run_sweep(space: SearchSpace, opts: SweepOptions) -> dict[str, Any]:
     """Start a new sweep; refuses an existing experiment name (use --resume or a new --name). With a parent
     section, the parents are trained (or taken from the cache) first, as their own stage."""
     from hpcm_tune.sweep.parents import check_environment, check_init_from, plan_parents
+    from hpcm_tune.sweep.trainable import ENGINES
 
+    ENGINES.get(opts.engine)  # an engine this process has not registered fails here, naming the registered ones
     name = opts.name or default_name(space)
     check_storage(opts.storage)
     storage = storage_root(opts.storage)
@@ -510,6 +512,20 @@ def read_experiment_for_resume(experiment: str, opts: SweepOptions, write: bool 
     return path, meta, space, parents
 
 
+def check_recorded_engines(experiment: str, engines: list[str]) -> None:
+    """The engines a sweep recorded (its trials' and its parents') are registered in this process, before Ray
+    starts: a sweep started by a program that registered its own engine (a test's stand-in) resumes from that
+    program, since tune.py registers only the real one. SpaceError naming the engine and the registered ones."""
+    from hpcm_tune.sweep.trainable import ENGINES
+
+    for name in dict.fromkeys(engines):
+        if name not in ENGINES:
+            raise SpaceError("command line", "--resume", experiment,
+                             f"the sweep was started with engine {name!r}, which this program has not registered "
+                             f"(registered: {', '.join(sorted(ENGINES))}); resume it with the program that "
+                             f"started it")
+
+
 def resume_sweep(experiment: str, opts: SweepOptions) -> dict[str, Any]:
     """Continue an interrupted sweep: finished trials kept, unfinished ones from their last checkpoint,
     errored ones retried (from their checkpoint) with ``retry_errored`` or from scratch with
@@ -520,18 +536,22 @@ def resume_sweep(experiment: str, opts: SweepOptions) -> dict[str, Any]:
     from hpcm_tune.sweep.trainable import make_trainable
 
     path, meta, space, parents = read_experiment_for_resume(experiment, opts)
+    engine = meta.get("engine", opts.engine)
+    check_recorded_engines(experiment, [engine, *(p.engine for p in parents)])
     optuna = meta.get("optuna")
     prepare_optuna_for_resume(optuna, path)
     init_ray(opts.address, opts.num_cpus)
     if not tune.Tuner.can_restore(path):
-        if parents:  # killed during the parent stage: finish it, then start the trials
-            return _fit_new(space, opts, basename(path), dirname(path), parents, optuna)
+        if parents:  # killed during the parent stage: finish it, then start the trials (the recorded engine's)
+            import dataclasses
+
+            return _fit_new(space, dataclasses.replace(opts, engine=engine), basename(path), dirname(path), parents,
+                            optuna)
         raise SpaceError("command line", "--resume", experiment,
                          f"{path} has no Tune experiment state to resume (was the driver killed before the "
                          f"first snapshot?); start a new sweep with a new --name")
     parent_rows = ensure_parents(parents) if parents else []  # a trial restarted from scratch needs its parent
     space = with_parents(space, parents)
-    engine = meta.get("engine", opts.engine)
     trainable = tune.with_resources(make_trainable(engine, meta["metric"]),
                                     {"cpu": meta["resources"]["cpus"], "gpu": meta["resources"]["gpus"]})
     tuner = tune.Tuner.restore(path, trainable, resume_unfinished=True, resume_errored=opts.retry_errored,

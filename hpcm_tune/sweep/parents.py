@@ -309,8 +309,12 @@ def _print(line: str) -> None:
     print(line, file=sys.stderr, flush=True)
 
 
-def train_parent(parent: Parent) -> dict[str, Any]:
-    """Train (or continue) one parent in this process and write its marker; returns the marker's content."""
+def train_parent(parent: Parent, factory: str | None = None) -> dict[str, Any]:
+    """Train (or continue) one parent in this process and write its marker; returns the marker's content.
+    ``factory``: the engine factory's "module:attribute" path, looked up in the driver
+    (``ENGINES.get(parent.engine)``), since a Ray worker's fresh ENGINES lacks the engines a test or plugin
+    registered in the driver only; default: the parent's engine looked up here. What is recorded (the
+    digest, hpcm_tune.json's parents) stays the registered name, ``parent.engine``."""
     import torch
 
     from hpcm_tune.checkpoint import list_checkpoints
@@ -332,7 +336,7 @@ def train_parent(parent: Parent) -> dict[str, Any]:
             copy_tree(remote, str(local))
     local.mkdir(parents=True, exist_ok=True)
     (local / PARAMS_FILE).write_text(json.dumps(parent.config, indent=2) + "\n")
-    engine = resolve_engine(parent.engine)(dict(parent.config), local)
+    engine = resolve_engine(factory or parent.engine)(dict(parent.config), local)
     results = local / RESULT_FILE
     if list_checkpoints(local / "checkpoints"):
         used = engine.restore(local / "checkpoints")
@@ -424,10 +428,14 @@ def ensure_parents(parents: Sequence[Parent], in_process: bool = False) -> list[
     elif todo:
         import ray
 
+        from hpcm_tune.sweep.trainable import ENGINES
+
+        targets = {p.key: ENGINES.get(p.engine) for p in todo}  # paths, not names: the workers import them
         _print(f"Parent stage: training {len(todo)} parent(s) ({', '.join(p.name for p in todo)}); "
                f"the trials start when they are done")
         remote = ray.remote(train_parent)
-        futures = {p.key: remote.options(num_cpus=p.cpus, num_gpus=p.gpus, max_retries=0).remote(p) for p in todo}
+        futures = {p.key: remote.options(num_cpus=p.cpus, num_gpus=p.gpus, max_retries=0).remote(p, targets[p.key])
+                   for p in todo}
         for parent in todo:
             try:
                 done = ray.get(futures[parent.key])

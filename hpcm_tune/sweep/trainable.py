@@ -26,9 +26,9 @@ from hpcm_tune.registry import Registry
 
 # Engine factories by name, as "module:attribute" (imported in the trial's worker):
 # factory(config, workdir) -> engine, where workdir is a scratch folder for its checkpoints.
+# Production has one engine; tests register their stand-ins themselves (tests/sweep/fake_engine.py).
 ENGINES: Registry[str] = Registry("engine")
 ENGINES.add("hpcm", "hpcm_tune.sweep.trainable:hpcm_engine")
-ENGINES.add("fake", "hpcm_tune.testing:FakeEngine")  # seconds-long stand-in for tests and bench/sweep.py
 
 # Metrics whose non-finite value errors the trial (the watched metric is added per sweep).
 ALWAYS_FINITE: tuple[str, ...] = (metrics.TRAIN_LOSS, metrics.EVAL_LOSS)

@@ -280,8 +280,9 @@ def test_provenance_names_commit_versions_machine_hosts_and_both_commands(storag
     assert "hosts node (127.0.0.1) (8 trials)" in block
     assert "CPUs per trial 2, GPUs per trial 0" in block and "torch threads per trial 2 (" in block
     tune = re.search(r"experiment exp command: `([^`]*)`", block).group(1)
-    assert tune == (f"python tune.py --space {shlex.quote(str(SPACE_FILE))} --name exp --engine fake "
+    assert tune == (f"python tune.py --space {shlex.quote(str(SPACE_FILE))} --name exp "
                     "--epochs 4 --num-samples 2 --cpus-per-trial 2 --set steps_per_epoch=7")
+    assert "its trials ran engine 'fake', which tune.py does not offer" in block  # no flag selects a stand-in
     assert "resumed 2026-01-02T00:00:00+00:00" in block
     assert f"trials ran commit {code_commit()})" in block  # recorded by the sweep when it started
     assert text.index("`--point best`") < text.index("Provenance:")

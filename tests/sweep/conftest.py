@@ -1,6 +1,6 @@
 """This folder on the import path of the test process and of the Ray workers it starts (PYTHONPATH is inherited
-by the Ray processes a test launches, local or a simulated cluster), so a trial can import the probe engines of
-``sweep_probes`` by their ``module:attribute`` path."""
+by the Ray processes a test launches, local or a simulated cluster), so a trial can import the engines the tests
+register (``sweep_probes``' probe engine, ``fake_engine``'s fake one) by their ``module:attribute`` path."""
 
 import os
 import sys

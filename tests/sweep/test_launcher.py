@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 from types import SimpleNamespace
 
+import fake_engine
 import pytest
 
 from hpcm_tune import metrics
@@ -26,15 +27,40 @@ def test_existing_experiment_name_is_refused(tmp_path):
 
 def test_cli_refuses_existing_name_before_ray(tmp_path, capsys):
     (tmp_path / "taken").mkdir()
-    rc = cli.main(["--name", "taken", "--storage", str(tmp_path), "--engine", "fake"])
+    rc = cli.main(["--name", "taken", "--storage", str(tmp_path)], engine=fake_engine.NAME)
     assert rc == 2
     assert "already exists" in capsys.readouterr().err
+
+
+def test_unregistered_engine_is_refused_before_anything_is_written(tmp_path, capsys):
+    rc = cli.main(["--storage", str(tmp_path / "r"), "--name", "x"], engine="tpu")
+    assert rc == 2
+    assert "unknown engine 'tpu'; valid: fake, hpcm" in capsys.readouterr().err  # fake: registered by this test
+    assert not (tmp_path / "r").exists()
+
+
+def test_resume_of_an_engine_this_program_has_not_registered_names_it(tmp_path):
+    """A sweep started with the test's fake engine, resumed by plain tune.py (which registers only the real one):
+    refused before Ray starts, naming the recorded engine and the registered ones."""
+    import subprocess
+    import sys
+
+    meta = launcher.experiment_meta(default_space(epochs=3), launcher.SweepOptions(engine=fake_engine.NAME), "k")
+    launcher.write_json(str(tmp_path / "k" / launcher.META_FILE), meta)
+    done = subprocess.run([sys.executable, "tune.py", "--resume", "k", "--storage", str(tmp_path)],
+                          cwd=Path(__file__).resolve().parents[2], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert "the sweep was started with engine 'fake', which this program has not registered (registered: hpcm)" \
+        in done.stderr
+    with pytest.raises(sp.SpaceError, match="engine 'tpu', which this program has not registered"):
+        launcher.check_recorded_engines("k", ["hpcm", fake_engine.NAME, "tpu"])  # e.g. a parent's engine
+    launcher.check_recorded_engines("k", ["hpcm", fake_engine.NAME])  # registered here: resumed from here
 
 
 @pytest.mark.parametrize("argv", [
     ["--epochs", "0"], ["--gpus-per-trial", "1.5"], ["--scheduler", "hyperband"], ["--searcher", "bayes"],
     ["--cpus-per-trial", "-1"], ["--set", "novalue"], ["--retry-errored"], ["--num-samples", "x"],
-    ["--engine", "tpu"],
+    ["--engine", "fake"],  # no such flag: users have one engine
 ])
 def test_bad_flags_exit_2(argv, capsys):
     with pytest.raises(SystemExit) as info:

@@ -15,6 +15,7 @@ import threading
 import time
 from pathlib import Path
 
+import fake_engine
 import pytest
 import yaml
 
@@ -43,7 +44,7 @@ def write_space(tmp_path: Path, epochs: int, samples: int, epoch_s: float, **fix
 
 
 def sweep_cmd(space: Path, storage: Path, *extra: str) -> list[str]:
-    return [sys.executable, "tune.py", "--engine", "fake", "--storage", str(storage), "--num-cpus", "2", "-q",
+    return [sys.executable, fake_engine.TUNE, "--storage", str(storage), "--num-cpus", "2", "-q",
             "--space", str(space), *extra]
 
 
@@ -197,7 +198,7 @@ def test_resume_after_sigkill_repeats_no_trial_number(tmp_path):
     rows_at_kill = {tid: rows for tid, (_, rows) in experiment_trials(exp, started_only=True).items()}
     assert any(t.state == TrialState.RUNNING for t in before), "killed with no trial running"
 
-    resumed = subprocess.run([sys.executable, "tune.py", "--engine", "fake", "--storage", str(storage), "--num-cpus",
+    resumed = subprocess.run([sys.executable, fake_engine.TUNE, "--storage", str(storage), "--num-cpus",
                               "2", "-q", "--resume", "k"], cwd=ROOT, env=env(),
                              capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
@@ -235,7 +236,7 @@ def test_resume_after_sigkill_repeats_no_trial_number(tmp_path):
 
 def run_cli(args: list[str], capsys) -> tuple[int, str]:
     try:
-        rc = cli.main(args)
+        rc = cli.main(args, engine=fake_engine.NAME)
     except SystemExit as exc:  # argparse
         rc = exc.code
     return rc, capsys.readouterr().err
@@ -248,7 +249,7 @@ def run_cli(args: list[str], capsys) -> tuple[int, str]:
     ("sqlite://", "in-memory SQLite"),
 ])
 def test_refused_url_names_flag_value_and_schemes(tmp_path, capsys, url, why):
-    rc, err = run_cli(["--engine", "fake", "--storage", str(tmp_path / "r"), "--optuna-storage", url], capsys)
+    rc, err = run_cli(["--storage", str(tmp_path / "r"), "--optuna-storage", url], capsys)
     assert rc == 2
     assert "--optuna-storage" in err and why in err
     assert "sqlite:///PATH" in err and "postgresql://" in err and "mysql://" in err
@@ -258,7 +259,7 @@ def test_refused_url_names_flag_value_and_schemes(tmp_path, capsys, url, why):
 
 def test_unreachable_database_refused_before_anything(tmp_path, capsys):
     url = f"sqlite:///{tmp_path / 'no-such-dir' / 'optuna.db'}"
-    rc, err = run_cli(["--engine", "fake", "--storage", str(tmp_path / "r"), "--name", "n",
+    rc, err = run_cli(["--storage", str(tmp_path / "r"), "--name", "n",
                        "--optuna-storage", url], capsys)
     assert rc == 2
     assert "--optuna-storage" in err and url in err and "cannot open the database" in err
@@ -272,7 +273,7 @@ def test_missing_db_driver_refused(tmp_path, capsys):
         pytest.skip("psycopg2 installed: the connection would be tried instead")
     except ImportError:
         pass
-    rc, err = run_cli(["--engine", "fake", "--storage", str(tmp_path / "r"), "--optuna-storage",
+    rc, err = run_cli(["--storage", str(tmp_path / "r"), "--optuna-storage",
                        "postgresql://me@127.0.0.1:1/optuna"], capsys)
     assert rc == 2 and "--optuna-storage" in err and "cannot open the database (ImportError" in err
 
@@ -282,14 +283,14 @@ def test_study_of_the_same_name_with_trials_refused(tmp_path, capsys):
 
     url = f"sqlite:///{tmp_path / 'shared.db'}"
     optuna.create_study(study_name="taken", storage=url).enqueue_trial({"x": 1.0})
-    rc, err = run_cli(["--engine", "fake", "--storage", str(tmp_path / "r"), "--name", "taken",
+    rc, err = run_cli(["--storage", str(tmp_path / "r"), "--name", "taken",
                        "--optuna-storage", url], capsys)
     assert rc == 2 and "already holds an Optuna study named 'taken'" in err
     assert not (tmp_path / "r" / "taken").exists()
 
 
 def test_optuna_storage_needs_the_optuna_searcher(tmp_path, capsys):
-    rc, err = run_cli(["--engine", "fake", "--storage", str(tmp_path / "r"), "--searcher", "random",
+    rc, err = run_cli(["--storage", str(tmp_path / "r"), "--searcher", "random",
                        "--optuna-storage", f"sqlite:///{tmp_path / 'o.db'}"], capsys)
     assert rc == 2 and "needs the optuna searcher" in err and "'random'" in err
     assert not (tmp_path / "o.db").exists()

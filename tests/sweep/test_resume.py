@@ -1,5 +1,6 @@
-"""Resume after SIGKILL of the driver (a subprocess running tune.py with the FakeEngine): finished trials kept,
-unfinished ones continue from their last checkpoint, ASHA's decisions consistent with those already taken."""
+"""Resume after SIGKILL of the driver (a subprocess running tune.py's command line with the FakeEngine:
+fake_tune.py): finished trials kept, unfinished ones continue from their last checkpoint, ASHA's decisions
+consistent with those already taken; the resume trains the engine the experiment recorded."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import sys
 import time
 from pathlib import Path
 
+import fake_engine
 import pytest
 import yaml
 
@@ -47,7 +49,7 @@ def test_resume_after_sigkill(tmp_path):
     space_file = tmp_path / "killed.yaml"
     space_file.write_text(yaml.safe_dump(space))
     storage = tmp_path / "results"
-    base = [sys.executable, "tune.py", "--engine", "fake", "--storage", str(storage), "--num-cpus", "2", "-q"]
+    base = [sys.executable, fake_engine.TUNE, "--storage", str(storage), "--num-cpus", "2", "-q"]
     driver = subprocess.Popen([*base, "--space", str(space_file), "--name", "k"], cwd=ROOT, env=env(),
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     exp = storage / "k"

@@ -14,6 +14,7 @@ import sys
 import time
 from pathlib import Path
 
+import fake_engine
 import pytest
 import yaml
 from s3_support import create_bucket
@@ -88,7 +89,7 @@ def test_sweep_on_s3_killed_resumed_and_analyzed(s3, tmp_path):
     space_file = tmp_path / "ons3.yaml"
     space_file.write_text(yaml.safe_dump(space))
     storage = f"s3://{BUCKET}/team"
-    base = [sys.executable, "tune.py", "--engine", "fake", "--storage", storage, "--num-cpus", "2", "-q"]
+    base = [sys.executable, fake_engine.TUNE, "--storage", storage, "--num-cpus", "2", "-q"]
     driver_log = (tmp_path / "driver.log").open("w")
     driver = subprocess.Popen([*base, "--space", str(space_file), "--name", "k"], cwd=ROOT, env=env(endpoint),
                               stdout=driver_log, stderr=subprocess.STDOUT, start_new_session=True)

@@ -14,6 +14,7 @@ import time
 import urllib.request
 from pathlib import Path
 
+import fake_engine
 import pytest
 from s3_support import create_bucket
 
@@ -62,7 +63,7 @@ def named(flag: str, value: str) -> str:
 
 
 def run_cli(argv: list[str], capsys) -> tuple[int, str]:
-    rc = cli.main([*argv, "--engine", "fake", "-q"])
+    rc = cli.main([*argv, "-q"], engine=fake_engine.NAME)
     return rc, capsys.readouterr().err
 
 

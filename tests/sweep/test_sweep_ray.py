@@ -8,6 +8,7 @@ import os
 import pickle
 from pathlib import Path
 
+import fake_engine
 import pytest
 
 from hpcm_tune import metrics
@@ -15,6 +16,7 @@ from hpcm_tune.sweep import cli, launcher
 from hpcm_tune.sweep import space as sp
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
+FAKE = fake_engine.NAME  # registered by the test support (tests/sweep/fake_engine.py), not by production
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -40,8 +42,8 @@ def trial_dirs(exp: Path) -> list[Path]:
 
 
 def test_shortened_default_sweep_end_to_end(tmp_path, capsys):
-    rc = cli.main(["--engine", "fake", "--epochs", "4", "--num-samples", "6", "--storage", str(tmp_path),
-                   "--name", "d", "--delete-stopped-checkpoints", "-q"])
+    rc = cli.main(["--epochs", "4", "--num-samples", "6", "--storage", str(tmp_path), "--name", "d",
+                   "--delete-stopped-checkpoints", "-q"], engine=FAKE)
     assert rc == 0
     out = capsys.readouterr().out
     exp = tmp_path / "d"
@@ -92,7 +94,7 @@ def test_fault_injection_errors_one_trial_retries_another(tmp_path):
         },
     }
     space = sp.parse_space(data, "faults.yaml")
-    summary = launcher.run_sweep(space, launcher.SweepOptions(engine="fake", storage=str(tmp_path), name="f",
+    summary = launcher.run_sweep(space, launcher.SweepOptions(engine=FAKE, storage=str(tmp_path), name="f",
                                                               verbose=0))
     by_label = {r["label"]: r for r in summary["errored"]}
     assert set(by_label) == {"diverges"}
@@ -105,7 +107,7 @@ def test_fault_injection_errors_one_trial_retries_another(tmp_path):
     assert "Errored trials" in launcher.format_summary(summary)
     # --resume --retry-errored: only the errored trial runs again, from its last checkpoint (epoch 1).
     lines_before = log.read_text().splitlines()
-    again = launcher.resume_sweep(str(tmp_path / "f"), launcher.SweepOptions(engine="fake", storage=str(tmp_path),
+    again = launcher.resume_sweep(str(tmp_path / "f"), launcher.SweepOptions(engine=FAKE, storage=str(tmp_path),
                                                                              retry_errored=True, verbose=0))
     new_lines = log.read_text().splitlines()[len(lines_before):]
     assert new_lines
@@ -122,16 +124,16 @@ def test_metric_never_reported_fails_loudly(tmp_path, capsys):
         "fixed": {"preset": "tiny", "lmbda": 0.0067, "epochs": 3, "_fake_omit": [metrics.EVAL_LOSS]},
     }
     (tmp_path / "nometric.yaml").write_text(yaml.safe_dump(data))
-    rc = cli.main(["--space", str(tmp_path / "nometric.yaml"), "--engine", "fake", "--storage", str(tmp_path),
-                   "--name", "n", "-q"])
+    rc = cli.main(["--space", str(tmp_path / "nometric.yaml"), "--storage", str(tmp_path), "--name", "n", "-q"],
+                  engine=FAKE)
     err = capsys.readouterr().err
     assert rc == 1
     assert metrics.EVAL_LOSS in err and "--resume n" in err
 
 
 def test_wandb_one_offline_run_per_trial(tmp_path, capsys):
-    rc = cli.main(["--engine", "fake", "--epochs", "2", "--num-samples", "2", "--storage", str(tmp_path),
-                   "--name", "w", "--wandb", "--wandb-project", "test", "--wandb-upload-timeout", "20", "-q"])
+    rc = cli.main(["--epochs", "2", "--num-samples", "2", "--storage", str(tmp_path), "--name", "w", "--wandb",
+                   "--wandb-project", "test", "--wandb-upload-timeout", "20", "-q"], engine=FAKE)
     assert rc == 0
     dirs = trial_dirs(tmp_path / "w")
     assert len(dirs) == 2
@@ -151,7 +153,7 @@ def test_wandb_sweep_exits_without_a_traceback(tmp_path):
     import sys
 
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "WANDB_MODE": "offline"}
-    done = subprocess.run([sys.executable, "tune.py", "--engine", "fake", "--epochs", "2", "--num-samples", "1",
+    done = subprocess.run([sys.executable, fake_engine.TUNE, "--epochs", "2", "--num-samples", "1",
                            "--storage", str(tmp_path), "--name", "w", "--wandb", "--num-cpus", "2", "-q"],
                           cwd=Path(__file__).resolve().parents[2], env=env, capture_output=True, text=True,
                           timeout=300)
@@ -168,6 +170,22 @@ def test_pbt_exploits_checkpoints_within_one_lambda(tmp_path):
                       "_fake_log": str(log)},
             "params": {"gamma_s1": {"type": "loguniform", "low": 0.001, "high": 0.05}}}
     summary = launcher.run_sweep(sp.parse_space(data, "pbt.yaml"),
-                                 launcher.SweepOptions(engine="fake", storage=str(tmp_path), name="p", verbose=0))
+                                 launcher.SweepOptions(engine=FAKE, storage=str(tmp_path), name="p", verbose=0))
     assert summary["trials"] == 4 and summary["finished"] == 4 and not summary["errored"]
     assert any(" restore " in line for line in log.read_text().splitlines())  # exploit: another trial's weights
+
+
+def test_parent_of_an_engine_the_test_registered_trains_as_a_ray_task(tmp_path):
+    """A parent trains as a Ray task, whose fresh ENGINES lacks the engine this test registered: the driver
+    hands the task the engine's path, while hpcm_tune.json records the registered name."""
+    data = {"study": "fp", "samples": 1, "searcher": "random", "scheduler": "fifo",
+            "parent": {"objective": "standard", "epochs": 2, "resources": {"cpus": 1}},
+            "fixed": {"preset": "tiny", "objective": "balanced", "lmbda": 0.013, "epochs": 2},
+            "params": {"gamma_s1": {"type": "loguniform", "low": 0.001, "high": 0.02}}}
+    summary = launcher.run_sweep(sp.parse_space(data, "fp.yaml"),
+                                 launcher.SweepOptions(engine=FAKE, storage=str(tmp_path), name="fp", verbose=0))
+    assert summary["finished"] == 1 and not summary["errored"]
+    (parent,) = summary["parents"]
+    assert not parent["cached"] and parent["epochs"] == 2
+    meta = json.loads((tmp_path / "fp" / launcher.META_FILE).read_text())
+    assert meta["engine"] == FAKE and [p["engine"] for p in meta["parents"]] == [FAKE]

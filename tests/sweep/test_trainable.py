@@ -2,14 +2,22 @@
 
 from __future__ import annotations
 
+import json
 import math
+import subprocess
+import sys
+from pathlib import Path
 
+import fake_engine
 import pytest
 import torch
+from fake_engine import FakeEngine
 
 from hpcm_tune import metrics
+from hpcm_tune.sweep import cli
 from hpcm_tune.sweep import trainable as tr
-from hpcm_tune.testing import FakeEngine
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_non_finite_watched_metric_raises_with_epoch():
@@ -19,11 +27,27 @@ def test_non_finite_watched_metric_raises_with_epoch():
 
 
 def test_engines_registry_and_unknown_name():
-    assert tr.resolve_engine("fake") is FakeEngine
+    assert tr.resolve_engine(fake_engine.NAME) is FakeEngine  # registered by the test support, not production
+    assert tr.resolve_engine(tr.ENGINES.get(fake_engine.NAME)) is FakeEngine  # by path, as a Ray worker gets it
     assert callable(tr.resolve_engine("hpcm"))
     with pytest.raises(ValueError, match="unknown engine 'tpu'; valid: fake, hpcm"):
         tr.make_trainable("tpu")
-    assert tr.make_trainable("fake").__name__ == "hpcm_trial"
+    assert tr.make_trainable(fake_engine.NAME).__name__ == "hpcm_trial"
+
+
+def test_production_registers_only_the_real_engine():
+    """A fresh interpreter (no test support imported) has one engine, and tune.py offers no choice of it."""
+    code = "import json; from hpcm_tune.sweep import trainable; print(json.dumps(list(trainable.ENGINES)))"
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert json.loads(done.stdout.splitlines()[-1]) == ["hpcm"]
+    helped = subprocess.run([sys.executable, "tune.py", "--help"], cwd=ROOT, capture_output=True, text=True,
+                            timeout=120)
+    assert helped.returncode == 0 and "--space" in helped.stdout, helped.stderr[-2000:]
+    assert "--engine" not in helped.stdout and "fake" not in helped.stdout
+    with pytest.raises(SystemExit) as info:
+        cli.main(["--engine", "fake", "--dry-run"])
+    assert info.value.code == 2
 
 
 def test_memory_fraction_only_when_sharing_a_gpu():
