@@ -13,7 +13,8 @@ from typing import Any
 
 import yaml
 
-from hpcm_tune.sweep.space import SCHEDULER_NAMES, SEARCHER_NAMES, SearchSpace, SpaceError
+from hpcm_tune.sweep.space import SearchSpace, SpaceError
+from hpcm_tune.sweep_settings import SCHEDULER_NAMES, SEARCHER_NAMES
 
 EPILOG = """examples:
   python tune.py                                   # the default sweep (search_spaces/default.yaml), ~10 min

@@ -34,6 +34,7 @@ from hpcm_tune.experiment import (  # the experiment directory's names and stora
 )
 from hpcm_tune.source import code_commit
 from hpcm_tune.sweep.space import LAMBDA_KEY, SearchSpace, SpaceError, parse_space
+from hpcm_tune.sweep_settings import SEARCHER_SPECS
 
 OPTUNA_DB = "optuna.db"  # the Optuna study of an optuna sweep without --optuna-storage (SQLite)
 
@@ -298,10 +299,12 @@ def optuna_study(space: SearchSpace, opts: SweepOptions, name: str, path: str) -
     name with trials is a SpaceError naming --optuna-storage and the value."""
     from hpcm_tune.sweep.searchers import mask_url, new_study_storage
 
-    if space.searcher != "optuna":
+    if not space.searcher_spec.keeps_optuna_study:
         if opts.optuna_storage:
+            keeping = [n for n, spec in SEARCHER_SPECS.items() if spec.keeps_optuna_study]
             raise SpaceError("command line", "--optuna-storage", mask_url(opts.optuna_storage),
-                             f"a study database needs the optuna searcher; this sweep's is {space.searcher!r}")
+                             f"a study database needs the {' or '.join(keeping)} searcher; this sweep's is "
+                             f"{space.searcher!r}")
         return None
     if opts.optuna_storage:
         try:
