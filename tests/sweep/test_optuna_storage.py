@@ -18,6 +18,7 @@ from pathlib import Path
 import fake_engine
 import pytest
 import yaml
+from kill_support import kill_sweep, tagged
 
 from hpcm_tune import metrics
 from hpcm_tune.sweep import cli, launcher
@@ -168,7 +169,8 @@ def test_resume_after_sigkill_repeats_no_trial_number(tmp_path):
     storage = tmp_path / "results"
     exp = storage / "k"
     url = f"sqlite:///{exp / launcher.OPTUNA_DB}"
-    driver = subprocess.Popen(sweep_cmd(space, storage, "--name", "k"), cwd=ROOT, env=env(),
+    driver_env, tag = tagged(env())  # the kill takes every process of its local Ray (kill_support.py)
+    driver = subprocess.Popen(sweep_cmd(space, storage, "--name", "k"), cwd=ROOT, env=driver_env,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
         deadline = time.time() + 200
@@ -191,8 +193,7 @@ def test_resume_after_sigkill_repeats_no_trial_number(tmp_path):
         os.kill(driver.pid, signal.SIGKILL)
         driver.wait(timeout=30)
     finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(driver.pid, signal.SIGKILL)
+        kill_sweep(driver, tag)
     before = load(url, "k").get_trials()
     finished_before = {t.user_attrs[RAY_TRIAL_ID_ATTR] for t in before if t.state.is_finished()}
     rows_at_kill = {tid: rows for tid, (_, rows) in experiment_trials(exp, started_only=True).items()}

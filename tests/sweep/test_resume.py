@@ -4,7 +4,6 @@ consistent with those already taken; the resume trains the engine the experiment
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import pickle
@@ -17,6 +16,7 @@ from pathlib import Path
 import fake_engine
 import pytest
 import yaml
+from kill_support import kill_sweep, tagged
 
 from hpcm_tune.sweep import launcher
 
@@ -50,7 +50,8 @@ def test_resume_after_sigkill(tmp_path):
     space_file.write_text(yaml.safe_dump(space))
     storage = tmp_path / "results"
     base = [sys.executable, fake_engine.TUNE, "--storage", str(storage), "--num-cpus", "2", "-q"]
-    driver = subprocess.Popen([*base, "--space", str(space_file), "--name", "k"], cwd=ROOT, env=env(),
+    driver_env, tag = tagged(env())  # the kill takes every process of its local Ray (tests/sweep/kill_support.py)
+    driver = subprocess.Popen([*base, "--space", str(space_file), "--name", "k"], cwd=ROOT, env=driver_env,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     exp = storage / "k"
     try:
@@ -66,9 +67,8 @@ def test_resume_after_sigkill(tmp_path):
         os.kill(driver.pid, signal.SIGKILL)
         driver.wait(timeout=30)
     finally:
-        # The killed driver's local Ray (its session) is gone with it, as after a machine restart.
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(driver.pid, signal.SIGKILL)
+        # The killed driver's local Ray (every process of it) is gone with it, as after a machine restart.
+        kill_sweep(driver, tag)
     before = latest_callback_state(exp)
     lines_at_kill = len(log.read_text().splitlines())
     results_at_kill = {p.name: (p / "result.json").read_text().splitlines()

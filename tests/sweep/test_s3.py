@@ -8,7 +8,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -17,6 +16,7 @@ from pathlib import Path
 import fake_engine
 import pytest
 import yaml
+from kill_support import kill_sweep, tagged
 from s3_support import create_bucket
 
 from hpcm_tune.sweep import launcher
@@ -91,7 +91,8 @@ def test_sweep_on_s3_killed_resumed_and_analyzed(s3, tmp_path):
     storage = f"s3://{BUCKET}/team"
     base = [sys.executable, fake_engine.TUNE, "--storage", storage, "--num-cpus", "2", "-q"]
     driver_log = (tmp_path / "driver.log").open("w")
-    driver = subprocess.Popen([*base, "--space", str(space_file), "--name", "k"], cwd=ROOT, env=env(endpoint),
+    driver_env, tag = tagged(env(endpoint))  # the kill takes every process of its local Ray (kill_support.py)
+    driver = subprocess.Popen([*base, "--space", str(space_file), "--name", "k"], cwd=ROOT, env=driver_env,
                               stdout=driver_log, stderr=subprocess.STDOUT, start_new_session=True)
     exp = f"{BUCKET}/team/k"
     try:
@@ -109,11 +110,8 @@ def test_sweep_on_s3_killed_resumed_and_analyzed(s3, tmp_path):
         else:
             pytest.fail("the sweep made no progress:\n" + (tmp_path / "driver.log").read_text()[-3000:])
         print(f"killed after {time.monotonic() - deadline + 300:.1f} s at {epochs_done} epochs")
-        os.killpg(driver.pid, signal.SIGKILL)  # the driver and its local Ray, as after a machine restart
-        driver.wait(timeout=30)
     finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(driver.pid, signal.SIGKILL)
+        kill_sweep(driver, tag)  # the driver and its local Ray, as after a machine restart
         driver_log.close()
     killed_log = (tmp_path / "driver.log").read_text()
     assert "Sweep finished" not in killed_log

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -15,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from kill_support import kill_sweep, tagged
 
 from hpcm_tune import metrics
 from hpcm_tune.checkpoint import list_checkpoints, read_state
@@ -109,10 +109,11 @@ def test_a_sweep_killed_during_the_parent_stage_resumes(tmp_path, folder):
     storage = tmp_path / "store"
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
     cmd = [sys.executable, "tune.py", "--space", str(space), "--storage", str(storage), "--num-cpus", "2", "-q"]
-    # Its own session, so the kill takes the local Ray's processes with the driver (a lingering worker would
-    # otherwise finish the parent on its own).
+    # Its own session and a tagged environment, so the kill takes every process of the local Ray with the driver
+    # (a lingering worker would otherwise finish the parent on its own before the resume).
     log = (tmp_path / "driver.log").open("w")
-    proc = subprocess.Popen([*cmd, "--name", "k"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+    driver_env, tag = tagged(env)
+    proc = subprocess.Popen([*cmd, "--name", "k"], cwd=ROOT, env=driver_env, stdout=log, stderr=subprocess.STDOUT,
                             start_new_session=True)
     deadline = time.monotonic() + 240
     lines: list[str] = []
@@ -122,9 +123,9 @@ def test_a_sweep_killed_during_the_parent_stage_resumes(tmp_path, folder):
         lines = [x for x in found[0].read_text().splitlines() if x.endswith("}")] if found else []
     assert proc.poll() is None, "the driver ended before the parent's first epoch:\n" + \
         (tmp_path / "driver.log").read_text()[-3000:]
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
+    stragglers = kill_sweep(proc, tag)
     log.close()
+    print(f"processes left after the group kill and killed by their tag: {len(stragglers)}")
     (parent_dir,) = (storage / pa.PARENTS_DIR).iterdir()
     assert not (parent_dir / pa.DONE_FILE).exists() and list_checkpoints(parent_dir / "checkpoints")
     resume = [sys.executable, "tune.py", "--storage", str(storage), "--num-cpus", "2", "-q", "--resume", "k"]
