@@ -58,14 +58,30 @@ def wandb_mode() -> str:
 
 
 def _quiet_wandb_logger() -> type:
-    """Ray's WandbLoggerCallback whose finaliser does nothing while the interpreter shuts down: Ray's own
-    ``__del__`` then calls ``ray.is_initialized()`` on a module already torn down and prints an AttributeError
-    traceback after every W&B sweep (the logging actors end with the process anyway)."""
+    """Ray's WandbLoggerCallback without its two tracebacks at the end of a sweep:
+
+    - its finaliser does nothing while the interpreter shuts down: Ray's own ``__del__`` then calls
+      ``ray.is_initialized()`` on a module already torn down and prints an AttributeError traceback after every
+      W&B sweep (the logging actors end with the process anyway);
+    - each logging actor tears W&B down (``wandb.teardown()``) as soon as its run is finished, while W&B's service
+      process still lives: left to W&B's atexit hook, the teardown runs when Ray stops the actor at the end of the
+      sweep, and the service, stopped with it, may already be gone ("Exception ignored in atexit callback ...
+      ConnectionResetError: Connection lost", about one sweep in six).
+    """
     import sys
 
-    from ray.air.integrations.wandb import WandbLoggerCallback
+    from ray.air.integrations.wandb import WandbLoggerCallback, _WandbLoggingActor
+
+    class WandbRunActor(_WandbLoggingActor):
+        def run(self) -> None:
+            try:
+                super().run()
+            finally:
+                self._wandb.teardown()
 
     class WandbLogger(WandbLoggerCallback):
+        _logger_actor_cls = WandbRunActor
+
         def __del__(self) -> None:
             if sys.is_finalizing():
                 return

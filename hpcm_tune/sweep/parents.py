@@ -318,8 +318,9 @@ def train_parent(parent: Parent, factory: str | None = None) -> dict[str, Any]:
     import torch
 
     from hpcm_tune.checkpoint import list_checkpoints
-    from hpcm_tune.sweep.trainable import resolve_engine
+    from hpcm_tune.sweep.trainable import quiet_exit_in_finalisers, resolve_engine
 
+    quiet_exit_in_finalisers()  # a Ray task's worker, stopped with SIGTERM when the sweep ends
     torch.set_num_threads(max(1, int(parent.cpus)))
     remote = None if _local(parent.path) is not None else parent.path
     if remote is None:

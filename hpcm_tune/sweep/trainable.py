@@ -12,6 +12,7 @@ from __future__ import annotations
 import importlib
 import logging
 import math
+import sys
 import tempfile
 import warnings
 from collections.abc import Callable, Iterable, Mapping
@@ -89,11 +90,33 @@ def check_finite(result: Mapping[str, Any], watched: Iterable[str]) -> None:
                                    f"(try a lower lr or w_lr)")
 
 
+def quiet_exit_in_finalisers() -> None:
+    """In a Ray worker: drop the exit that Ray's SIGTERM handler raises when the signal lands inside a finaliser
+    (a weakref callback, a ``__del__``), and report any other exception there as before.
+
+    Ray stops its workers with SIGTERM when a sweep ends; its handler raises SystemExit, and when that happens
+    inside a finaliser Python cannot raise it, so it prints "Exception ignored in: ... SystemExit: 1" and a
+    traceback, which Ray forwards to the driver's terminal after the sweep's summary (about one sweep in eight).
+    The worker is going away either way; nothing is lost by not printing it."""
+    previous = sys.unraisablehook
+    if getattr(previous, "drops_exit", False):
+        return
+
+    def hook(unraisable: Any) -> None:
+        if isinstance(unraisable.exc_value, SystemExit):
+            return
+        previous(unraisable)
+
+    hook.drops_exit = True  # type: ignore[attr-defined]
+    sys.unraisablehook = hook
+
+
 def run_trial(config: Mapping[str, Any], engine: str, watched: tuple[str, ...]) -> None:
     """Body of the trainable (runs in the trial's worker process)."""
     import ray
     from ray import tune
 
+    quiet_exit_in_finalisers()
     gpus = float(ray.get_runtime_context().get_assigned_resources().get("GPU", 0.0))
     set_cuda_memory_fraction(gpus)
     # Ray Train logs "Checkpoint successfully created" at INFO for every epoch of every trial; the progress

@@ -100,3 +100,15 @@ def test_fake_engine_ranks_configs_like_a_search_needs():
 
     assert final(gamma_s1=0.005, gamma_s2=0.005, gamma_s3=0.005) < final(gamma_s1=0.05, gamma_s2=0.005,
                                                                          gamma_s3=0.005)
+
+
+def test_quiet_exit_in_finalisers_drops_only_an_exit_raised_in_a_finaliser(monkeypatch):
+    from types import SimpleNamespace
+
+    seen = []
+    monkeypatch.setattr(sys, "unraisablehook", lambda u: seen.append(type(u.exc_value).__name__))
+    tr.quiet_exit_in_finalisers()
+    tr.quiet_exit_in_finalisers()  # idempotent: a reused worker runs many trials
+    sys.unraisablehook(SimpleNamespace(exc_value=SystemExit(1), object=None))  # Ray's SIGTERM handler
+    sys.unraisablehook(SimpleNamespace(exc_value=ValueError("a real bug"), object=None))
+    assert seen == ["ValueError"]
