@@ -35,6 +35,8 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from hpcm_tune.experiment import PARAMS_FILE, RESULT_FILE  # noqa: E402 (plain Python: no Ray or torch)
+
 TEST_SUPPORT = ROOT / "tests" / "sweep"  # the fake engine and fake_tune.py (tune.py's command line with it)
 
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
@@ -130,8 +132,9 @@ def default_space(args: argparse.Namespace, from_scratch: bool) -> Any:
 def trial_pixels(config: dict[str, Any]) -> int:
     """Training pixels of one epoch of a trial or parent config (steps x batch x crop area)."""
     from hpcm_tune.config import RunConfig
+    from hpcm_tune.experiment import training_config
 
-    c = RunConfig.from_dict({k: v for k, v in config.items() if not str(k).startswith("_")})
+    c = RunConfig.from_dict(training_config(config))
     return int(c.run.steps_per_epoch or 0) * c.data.batch_size * c.data.patch_size**2
 
 
@@ -159,8 +162,8 @@ def asha_vs_full(args: argparse.Namespace, storage: Path, from_scratch: bool = F
     # The same configurations, every one run to the end.
     configs = {}
     for d in (storage / name).iterdir():
-        if (d / "params.json").exists():
-            p = json.loads((d / "params.json").read_text())
+        if (d / PARAMS_FILE).exists():
+            p = json.loads((d / PARAMS_FILE).read_text())
             configs[d.name] = {k: p[k] for k in base.params}
     full_space = dataclasses.replace(base, params={}, configurations=configs, scheduler="fifo",
                                      scheduler_options={}, searcher="grid", searcher_options={}, samples=1)
@@ -224,16 +227,16 @@ def warm_start_compute(args: argparse.Namespace, storage: Path, warm: dict) -> N
     if reached is None:  # then trial epochs, in the order the trials reported them
         rows = []
         for d in (storage / "asha").iterdir():
-            if (d / "params.json").exists():
-                px = trial_pixels(json.loads((d / "params.json").read_text()))
-                rows += [(r.get("timestamp", 0), px, r) for r in _lines(d / "result.json")]
+            if (d / PARAMS_FILE).exists():
+                px = trial_pixels(json.loads((d / PARAMS_FILE).read_text()))
+                rows += [(r.get("timestamp", 0), px, r) for r in _lines(d / RESULT_FILE)]
         for _, px, r in sorted(rows, key=lambda t: t[0]):
             spent_px += px
             if r.get(metrics.EVAL_LOSS, float("inf")) <= target:
                 reached = f"trial epoch {r[metrics.EPOCH]} of a fine-tuned trial"
                 break
-    scratch_px = sum(trial_pixels(json.loads((d / "params.json").read_text())) * len(_lines(d / "result.json"))
-                     for d in (storage / "scratch").iterdir() if (d / "params.json").exists())
+    scratch_px = sum(trial_pixels(json.loads((d / PARAMS_FILE).read_text())) * len(_lines(d / RESULT_FILE))
+                     for d in (storage / "scratch").iterdir() if (d / PARAMS_FILE).exists())
     if reached is None:
         print("the warm-started sweep never reached the from-scratch best")
     else:

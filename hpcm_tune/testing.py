@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from hpcm_tune.config import WeightingConfig
+from hpcm_tune.experiment import TRAINING_ITERATION
 from hpcm_tune.metrics import LIKELIHOOD_KEYS
 
 
@@ -143,7 +144,7 @@ def make_image_folder(
 # --- Synthetic Ray Tune experiment directories (for hpcm_tune.analysis tests and bench/analyze.py) ---
 
 # Ray Tune 2.60 keeps these fields in every result.json line besides the trainable's own metrics.
-_RAY_RESULT_FIELDS = ("timestamp", "checkpoint_dir_name", "done", "training_iteration", "trial_id", "date",
+_RAY_RESULT_FIELDS = ("timestamp", "checkpoint_dir_name", "done", TRAINING_ITERATION, "trial_id", "date",
                       "time_this_iter_s", "time_total_s", "pid", "hostname", "node_ip", "time_since_restore",
                       "iterations_since_restore")
 
@@ -251,6 +252,7 @@ def write_experiment_dir(
     import zlib
 
     from hpcm_tune import metrics as m
+    from hpcm_tune.experiment import ERROR_FILE, META_FILE, PARAMS_FILE, PROGRESS_FILE, RESULT_FILE, STATE_PREFIX
 
     root = Path(storage) / name
     root.mkdir(parents=True, exist_ok=True)
@@ -264,7 +266,7 @@ def write_experiment_dir(
         "mode": mode,
         "max_epochs": epochs_default,
     }
-    (root / "hpcm_tune.json").write_text(json.dumps(header, indent=2))
+    (root / META_FILE).write_text(json.dumps(header, indent=2))
     (root / "tuner.pkl").write_bytes(b"\x80\x05 not to be unpickled")
     trial_data = []
     for index, spec in enumerate(trials):
@@ -292,7 +294,7 @@ def write_experiment_dir(
                         "relative_logdir": dirname, "config": config, "experiment_tag": tag,
                         "storage": {"_type": "CLOUDPICKLE_FALLBACK", "value": "8005deadbeef"},
                         "results": "80054e2e"}),
-            json.dumps({"num_failures": int(errored), "error_filename": "error.txt" if errored else None,
+            json.dumps({"num_failures": int(errored), "error_filename": ERROR_FILE if errored else None,
                         "last_result": rows[-1] if rows else {}}),
         ])
         if corrupt == "no_dir":
@@ -300,9 +302,9 @@ def write_experiment_dir(
         trial_dir = root / dirname
         trial_dir.mkdir(exist_ok=True)
         if corrupt == "garbage_params":
-            (trial_dir / "params.json").write_text('{"lmbda": 0.00')
+            (trial_dir / PARAMS_FILE).write_text('{"lmbda": 0.00')
         else:
-            (trial_dir / "params.json").write_text(json.dumps(config, indent=2))
+            (trial_dir / PARAMS_FILE).write_text(json.dumps(config, indent=2))
         lines = [json.dumps({**row, "config": config}) for row in rows]
         if corrupt == "truncated_result" and lines:
             lines[-1] = lines[-1][: len(lines[-1]) // 2]
@@ -311,17 +313,17 @@ def write_experiment_dir(
         if corrupt == "empty_result":
             lines = []
         if corrupt != "no_result":
-            (trial_dir / "result.json").write_text("".join(line + "\n" for line in lines))
+            (trial_dir / RESULT_FILE).write_text("".join(line + "\n" for line in lines))
         columns = list(dict.fromkeys(k for row in rows for k in row))
-        with open(trial_dir / "progress.csv", "w", newline="") as f:
+        with open(trial_dir / PROGRESS_FILE, "w", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=columns)
             writer.writeheader()
             writer.writerows(rows)
         if errored:
-            (trial_dir / "error.txt").write_text(f"Failure # 1 (occurred at {date})\nRuntimeError: fake failure\n")
+            (trial_dir / ERROR_FILE).write_text(f"Failure # 1 (occurred at {date})\nRuntimeError: fake failure\n")
     if experiment_state:
         state = {"trial_data": trial_data, "runner_data": {"_session_str": date}, "stats": {"start_time": 0.0}}
-        (root / f"experiment_state-{date}.json").write_text(json.dumps(state))
+        (root / f"{STATE_PREFIX}{date}.json").write_text(json.dumps(state))
     return root
 
 

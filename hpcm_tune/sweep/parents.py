@@ -34,10 +34,10 @@ from pathlib import Path
 from typing import Any
 
 from hpcm_tune import metrics
-from hpcm_tune.experiment import LAMBDA_KEY, PARAMS_FILE, PARENTS_KEY, RESULT_FILE, is_internal
+from hpcm_tune.experiment import LAMBDA_KEY, PARAMS_FILE, PARENTS_DIR, PARENTS_KEY, RESULT_FILE, is_internal
+from hpcm_tune.files import atomic_write
 from hpcm_tune.sweep.space import SearchSpace, parent_configs
 
-PARENTS_DIR = "parents"
 DONE_FILE = "parent.json"
 # Keys that do not change what a parent learns (labels, loader processes, which device, how often it is
 # evaluated: evaluation draws no random numbers).
@@ -392,9 +392,7 @@ def train_parent(parent: Parent, factory: str | None = None) -> dict[str, Any]:
         write_json(join(remote, DONE_FILE), done)  # last: the upload is complete
         shutil.rmtree(local, ignore_errors=True)
         return done
-    tmp = local / f".{DONE_FILE}.tmp"
-    tmp.write_text(json.dumps(done, indent=2) + "\n")
-    tmp.replace(local / DONE_FILE)
+    atomic_write(local / DONE_FILE, json.dumps(done, indent=2) + "\n")
     return done
 
 

@@ -45,20 +45,18 @@ from hpcm_tune.domains import (  # noqa: F401
 )
 from hpcm_tune.experiment import (  # the experiment directory contract (trial config keys, training_config)
     INIT_FROM_KEY,
-    INTERNAL_PREFIX,
     LAMBDA_KEY,
     PARENT_MATCH_KEYS,
+    is_internal,
     parent_key,
     training_config,
 )
-from hpcm_tune.sweep_settings import SCHEDULER_NAMES as SCHEDULER_NAMES  # for sweep/cli.py
 from hpcm_tune.sweep_settings import (  # schedulers, searchers, their options, defaults and traits: declared once
     SCHEDULER_SPECS,
     SEARCHER_SPECS,
     SPACE_DEFAULTS,
     SearcherSpec,
 )
-from hpcm_tune.sweep_settings import SEARCHER_NAMES as SEARCHER_NAMES  # for sweep/cli.py
 
 # Keys a file sets through its own fields, never in fixed/params/configurations.
 RESERVED_KEYS: frozenset[str] = frozenset({"study", "label"})
@@ -259,7 +257,7 @@ def validate(space: SearchSpace) -> None:
     for section, keys in (("fixed", space.fixed), ("params", space.params),
                           *((f"configurations.{label}", cfg) for label, cfg in space.configurations.items())):
         for key in keys:
-            if section != "params" and key.startswith(INTERNAL_PREFIX):
+            if section != "params" and is_internal(key):
                 continue  # test hooks and search internals (e.g. the fake engine's _fake_*), stripped before training
             if key in RESERVED_KEYS:
                 raise SpaceError(src, f"{section}.{key}", keys[key],

@@ -7,6 +7,7 @@ from optuna.trial import TrialState
 from ray.tune.search.variant_generator import generate_variants
 
 from hpcm_tune import metrics
+from hpcm_tune.experiment import INTERNAL_PREFIX
 from hpcm_tune.sweep import space as sp
 from hpcm_tune.sweep.searchers import SEARCHERS, PrunedOptunaSearch, build_searcher
 
@@ -64,7 +65,7 @@ def test_optuna_configs_are_flat_with_simplex_weights():
     cfg = alg.suggest("t1")
     assert {"gamma_s1", "gamma_s2", "gamma_s3", "scale_weights"} <= set(cfg)
     assert abs(sum(cfg["scale_weights"]) - 1) < 1e-5
-    assert all(k.startswith(sp.INTERNAL_PREFIX) for k in cfg if k.startswith("_simplex"))
+    assert all(k.startswith(INTERNAL_PREFIX) for k in cfg if k.startswith("_simplex"))
 
 
 def test_early_stopped_trial_is_pruned_with_its_last_value():

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from hpcm_tune import metrics
+from hpcm_tune.experiment import INTERNAL_PREFIX
 from hpcm_tune.sweep import space as sp
 
 PRESETS = sorted((Path(__file__).resolve().parents[2] / "search_spaces").glob("*.yaml"))
@@ -72,7 +73,7 @@ def test_simplex_sums_to_one_and_respects_min(u):
     w = dom.from_uniforms(u)
     assert abs(sum(w) - 1.0) < 1e-5
     assert all(x >= 0.1 - 1e-6 for x in w)
-    assert dom.raw_keys("scale_weights")[0].startswith(sp.INTERNAL_PREFIX)
+    assert dom.raw_keys("scale_weights")[0].startswith(INTERNAL_PREFIX)
 
 
 def test_json_roundtrip_of_parsed_space():
