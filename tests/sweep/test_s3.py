@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -19,6 +20,7 @@ import yaml
 from kill_support import kill_sweep, tagged
 from s3_support import create_bucket
 
+from hpcm_tune.experiment import RESULT_FILE
 from hpcm_tune.sweep import launcher
 from hpcm_tune.sweep import parents as pa
 
@@ -66,14 +68,26 @@ def files(fs, prefix: str) -> dict[str, int]:
     return {i.path[len(prefix) + 1:]: i.size for i in infos if i.type == pyarrow.fs.FileType.File}
 
 
-def snapshot_names_a_checkpoint(fs, exp: str, stored) -> bool:
-    """Whether one of the experiment's stored snapshots (experiment_state-*.json) refers to a trial checkpoint."""
+def snapshot_and_results_agree(fs, exp: str, stored) -> bool:
+    """Whether a stored snapshot (experiment_state-*.json) names a trial checkpoint, and each trial it names a
+    checkpoint of has its results on S3 up to that checkpoint's epoch (checkpoint_00000i: epoch i+1 in a first
+    run). Ray uploads the snapshot and the trials' result.json file by file in one copy, the snapshot not
+    necessarily last, so a SIGKILL in the middle of it leaves a snapshot newer than the results (docs/design.md
+    §6): the resume continues from the checkpoint and the epochs before it are missing from result.json."""
+    named: dict[str, int] = {}
     for key in stored:
         if key.startswith("experiment_state-"):
             with contextlib.suppress(OSError), fs.open_input_stream(f"{exp}/{key}") as f:
-                if b"checkpoint_0" in f.read():
-                    return True
-    return False
+                for trial, index in re.findall(r"(hpcm_trial_[\w.\-]+)/checkpoint_(\d{6})", f.read().decode()):
+                    named[trial] = max(named.get(trial, -1), int(index))
+    for trial, index in named.items():
+        try:
+            with fs.open_input_stream(f"{exp}/{trial}/{RESULT_FILE}") as f:
+                if len(f.read().decode().splitlines()) < index + 1:
+                    return False
+        except OSError:
+            return False
+    return bool(named)
 
 
 def test_sweep_on_s3_killed_resumed_and_analyzed(s3, tmp_path):
@@ -100,9 +114,10 @@ def test_sweep_on_s3_killed_resumed_and_analyzed(s3, tmp_path):
         while time.monotonic() < deadline:
             epochs_done = log.read_text().count(" epoch ") if log.exists() else 0
             stored = files(fs, exp)
-            # Kill once Ray's snapshot names a checkpoint: work after the last snapshot is lost on SIGKILL
-            # (docs/design.md §6), so a checkpoint on S3 alone does not make the resume continue from it.
-            if epochs_done >= 4 and snapshot_names_a_checkpoint(fs, exp, stored):
+            # Kill once Ray's snapshot names a checkpoint and the results up to it are stored: work after the
+            # last complete upload is lost on SIGKILL (docs/design.md §6), so a checkpoint on S3 alone does not
+            # make the resume continue from it.
+            if epochs_done >= 4 and snapshot_and_results_agree(fs, exp, stored):
                 break
             assert driver.poll() is None, "the sweep ended before it could be killed:\n" + \
                 (tmp_path / "driver.log").read_text()[-3000:]
