@@ -41,6 +41,9 @@ PARENTS_DIR = "parents"
 
 # Ray's per-result field counting the reports of a trial (one report per epoch in the trainable).
 TRAINING_ITERATION = "training_iteration"
+# Ray's per-result flag: true on a trial's last result when it returned or a scheduler stopped it; a trial cut off
+# by an interrupted sweep (Ctrl-C) ends with it false and resumes.
+DONE = "done"
 
 
 def is_state_file(name: str) -> bool:

@@ -49,7 +49,9 @@ class SchedulerSpec:
     title: str = ""  # how messages name it (its paper's name, e.g. PBT); empty: the name
     # Judges the metric at every epoch, so an eval/* metric must be evaluated every epoch (eval_interval 1).
     judges_every_epoch: bool = False
-    # Copies model weights from trial to trial (PBT's exploit): weights of different lambdas must never mix.
+    # Copies model weights from trial to trial (PBT's exploit): weights of different lambdas must never mix, and a
+    # trial may restart from another's checkpoint at any later time, so the launcher keeps every checkpoint until
+    # the sweep ends.
     copies_weights: bool = False
     # Changes a running trial's config (PBT's explore): Ray refuses a search algorithm that suggests configs.
     mutates_configs: bool = False

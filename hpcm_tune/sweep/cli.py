@@ -281,7 +281,7 @@ def main(argv: Sequence[str] | None = None, engine: str = "hpcm") -> int:
               f"--resume {args.resume or args.name or '<name>'}", file=sys.stderr)
         return 1
     print(format_summary(summary))
-    return 0
+    return 130 if summary["unfinished"] else 0  # interrupted (Ctrl-C): the shell's code for SIGINT
 
 
 if __name__ == "__main__":

@@ -15,7 +15,6 @@ import math
 import os
 import re
 import shlex
-import shutil
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +23,7 @@ from typing import Any
 from hpcm_tune import metrics
 from hpcm_tune.experiment import (  # the experiment directory's names and storage paths, shared with the analysis
     DEFAULT_STORAGE,
+    DONE,
     META_FILE,
     SUMMARY_FILE,
     basename,
@@ -361,6 +361,15 @@ def prepare_optuna_for_resume(optuna: Mapping[str, Any] | None, experiment: str)
 # ------------------------------------------------------------------------------------------------------------
 
 
+def _checkpoints_kept_while_running(space: SearchSpace) -> int | None:
+    """Ray's num_to_keep: ``checkpoints_to_keep``, or every checkpoint (None) under a scheduler that copies weights
+    between trials. PBT's exploit pauses a trial to restart it from another trial's newest checkpoint, and the
+    restart waits for a free slot while that trial trains on: a bounded count deletes the checkpoint first (Ray's
+    own warning says so for num_to_keep <= 2; seen here with 2 slots for 4 trials, 'Could not recover from
+    checkpoint'). ``finish`` keeps the newest ``checkpoints_to_keep`` once no trial can restore any more."""
+    return None if space.scheduler_spec.copies_weights else space.checkpoints_to_keep
+
+
 def _build(space: SearchSpace, opts: SweepOptions, name: str, storage: str,
            optuna: Mapping[str, Any] | None = None) -> tuple[Any, Any, Any]:
     """(trainable with resources, TuneConfig, RunConfig) of a sweep."""
@@ -388,7 +397,7 @@ def _build(space: SearchSpace, opts: SweepOptions, name: str, storage: str,
     )
     run_config = tune.RunConfig(
         name=name, storage_path=storage, callbacks=callbacks,
-        checkpoint_config=tune.CheckpointConfig(num_to_keep=space.checkpoints_to_keep),
+        checkpoint_config=tune.CheckpointConfig(num_to_keep=_checkpoints_kept_while_running(space)),
         failure_config=tune.FailureConfig(max_failures=space.max_failures),
         verbose=opts.verbose,
     )
@@ -583,10 +592,12 @@ def _rows(results: Any, space: SearchSpace) -> list[dict[str, Any]]:
             "trial": Path(r.path).name if r.path else "?",
             "trial_id": m.get("trial_id") or cfg.get("trial_id"),
             "path": r.path,
+            "filesystem": r.filesystem,  # the storage's (local or object storage): r.path is relative to it
             "label": cfg.get("label"),
             LAMBDA_KEY: cfg.get(LAMBDA_KEY),
             "seed": cfg.get("seed"),
             "epochs": m.get(metrics.EPOCH),
+            "done": bool(m.get(DONE)),
             space.metric: m.get(space.metric),
             "collapsed": m.get(metrics.EVAL_COLLAPSED),
             "lambda_eff": m.get(metrics.TRAIN_LAMBDA_EFF),
@@ -594,6 +605,23 @@ def _rows(results: Any, space: SearchSpace) -> list[dict[str, Any]]:
             "error": None if r.error is None else f"{type(r.error).__name__}: {_first_line(r.error)}",
         })
     return rows
+
+
+def _delete_checkpoints(row: Mapping[str, Any], keep: int) -> int:
+    """Delete a trial's checkpoint folders but the newest ``keep`` (their names, checkpoint_000012, sort by
+    index), on the storage its result lives on; returns how many were deleted."""
+    import pyarrow.fs
+
+    if not row["path"]:
+        return 0
+    fs = row["filesystem"]
+    found = fs.get_file_info(pyarrow.fs.FileSelector(row["path"], allow_not_found=True))
+    folders = sorted(i.path for i in found
+                     if i.type == pyarrow.fs.FileType.Directory and i.base_name.startswith("checkpoint_"))
+    doomed = folders[:max(len(folders) - keep, 0)]
+    for folder in doomed:
+        fs.delete_dir(folder)
+    return len(doomed)
 
 
 def _first_line(err: BaseException) -> str:
@@ -625,19 +653,24 @@ def finish(results: Any, space: SearchSpace, path: str, scheduler: Any, top: int
     collapsed = [r for r in rows if r["error"] is None and r["collapsed"] == 1.0]
     stopped = [r for r in rows if r["error"] is None and (r["epochs"] or 0) < space.max_epochs]
     errored = [r for r in rows if r["error"] is not None]
+    # Ray's fit() also returns when the sweep is interrupted (Ctrl-C): a trial cut off (its last result not done)
+    # looks stopped early but resumes from its checkpoints, so then none is deleted.
+    unfinished = sum(r["error"] is None and not r["done"] for r in rows)
     delete = space.delete_stopped_checkpoints if delete_stopped is None else delete_stopped
-    deleted = 0
-    if delete and not is_uri(path):
+    deleted = pruned = 0
+    if delete and not unfinished:
         for r in stopped:
-            for ckpt in Path(r["path"]).glob("checkpoint_*"):
-                shutil.rmtree(ckpt, ignore_errors=True)
-                deleted += 1
+            deleted += _delete_checkpoints(r, keep=0)
+    if _checkpoints_kept_while_running(space) is None and not unfinished:
+        for r in rows:
+            pruned += _delete_checkpoints(r, keep=space.checkpoints_to_keep)
     summary = {
         "experiment": path,
         "metric": space.metric,
         "mode": space.mode,
         "max_epochs": space.max_epochs,
         "trials": len(rows),
+        "unfinished": unfinished,
         "finished": len(rows) - len(stopped) - len(errored),
         "stopped_early": [{k: r[k] for k in ("trial", "label", LAMBDA_KEY, "epochs", space.metric)} for r in stopped],
         "errored": [{k: r[k] for k in ("trial", "label", LAMBDA_KEY, "epochs", "error")} for r in errored],
@@ -647,6 +680,8 @@ def finish(results: Any, space: SearchSpace, path: str, scheduler: Any, top: int
         "wandb_offline_runs": offline_runs(path),
         "epochs_run": sum(r["epochs"] or 0 for r in rows),
         "checkpoints_deleted": deleted,
+        "checkpoints_pruned": pruned,
+        "checkpoints_to_keep": space.checkpoints_to_keep,
         "optuna": None if not optuna else {"url": _masked(optuna["url"]), "study": optuna["study"],
                                            "uploaded_to": optuna.get("upload_to")},
         "scheduler_state": scheduler.state_dict() if hasattr(scheduler, "state_dict") else None,
@@ -661,6 +696,10 @@ def format_summary(summary: Mapping[str, Any]) -> str:
     lines = [f"Sweep finished: {summary['trials']} trials, {summary['finished']} ran all {summary['max_epochs']} "
              f"epochs, {len(summary['stopped_early'])} stopped early, {len(summary['errored'])} errored; "
              f"{summary['epochs_run']} epochs in all."]
+    if summary.get("unfinished"):
+        lines = [f"Sweep interrupted: {summary['unfinished']} of {summary['trials']} trials unfinished (counted "
+                 f"below as stopped early; their checkpoints are kept), {summary['epochs_run']} epochs so far. "
+                 f"Continue it with --resume {summary['experiment']}"]
     for p in summary.get("parents", []):
         point = "" if p.get("psnr") is None else (f": {p['psnr']:.2f} dB at {p['bpp']:.4f} bpp, lambda*D "
                                                   f"{p['lambda_d']:.3g}; {p.get('vs_jpeg', 'vs JPEG n/a')}")
@@ -692,6 +731,10 @@ def format_summary(summary: Mapping[str, Any]) -> str:
         lines.append("  (retry them from their last checkpoint with --resume NAME --retry-errored)")
     if summary.get("checkpoints_deleted"):
         lines.append(f"\nDeleted {summary['checkpoints_deleted']} checkpoints of early-stopped trials.")
+    if summary.get("checkpoints_pruned"):
+        lines.append(f"\nDeleted {summary['checkpoints_pruned']} older checkpoints: trials restore each other's "
+                     f"checkpoints under this scheduler, so all were kept until the sweep ended; each trial keeps "
+                     f"its newest {summary['checkpoints_to_keep']}.")
     runs = summary.get("wandb_offline_runs") or []
     if runs:
         lines.append(f"\nW&B: {len(runs)} offline run(s), one in each trial's folder of the experiment; upload "

@@ -55,6 +55,7 @@ from hpcm_tune.sweep_settings import (  # schedulers, searchers, their options, 
     SCHEDULER_SPECS,
     SEARCHER_SPECS,
     SPACE_DEFAULTS,
+    SchedulerSpec,
     SearcherSpec,
 )
 
@@ -168,6 +169,11 @@ class SearchSpace:
         if vals:
             return tuple(sorted(vals))
         return (self.fixed[LAMBDA_KEY],) if LAMBDA_KEY in self.fixed else ()
+
+    @property
+    def scheduler_spec(self) -> SchedulerSpec:
+        """The scheduler's declaration (hpcm_tune.sweep_settings): its traits."""
+        return SCHEDULER_SPECS[self.scheduler]
 
     @property
     def searcher_spec(self) -> SearcherSpec:

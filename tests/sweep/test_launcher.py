@@ -7,9 +7,11 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import fake_engine
+import pyarrow.fs
 import pytest
 
 from hpcm_tune import metrics
+from hpcm_tune.experiment import DONE
 from hpcm_tune.source import code_commit
 from hpcm_tune.sweep import cli, launcher
 from hpcm_tune.sweep import space as sp
@@ -121,9 +123,68 @@ def test_meta_round_trip_restores_the_space(tmp_path):
     assert not (tmp_path / "e" / (launcher.META_FILE + ".tmp")).exists()
 
 
-def fake_result(tid, lmbda, epoch, loss, error=None, label="l"):
-    return SimpleNamespace(path=f"/x/{tid}", config={"lmbda": lmbda, "label": label, "gamma_s1": 0.1},
-                           metrics={metrics.EPOCH: epoch, metrics.EVAL_LOSS: loss, "trial_id": tid}, error=error)
+def fake_result(tid, lmbda, epoch, loss, error=None, label="l", root="/x", done=True):
+    """A Ray Result as finish() reads it; done=False: its trial was cut off by an interrupted sweep."""
+    return SimpleNamespace(path=f"{root}/{tid}", filesystem=pyarrow.fs.LocalFileSystem(),
+                           config={"lmbda": lmbda, "label": label, "gamma_s1": 0.1},
+                           metrics={metrics.EPOCH: epoch, metrics.EVAL_LOSS: loss, "trial_id": tid,
+                                    DONE: error is None and done}, error=error)
+
+
+def pbt_space(**settings):
+    return sp.parse_space({"study": "pbt", "samples": 2, "searcher": "random", "scheduler": "pbt", **settings,
+                           "fixed": {"preset": "tiny", "lmbda": 0.0067, "epochs": 4},
+                           "params": {"gamma_s1": {"type": "loguniform", "low": 0.001, "high": 0.05}}}, "pbt.yaml")
+
+
+def test_pbt_keeps_every_checkpoint_while_running_and_the_newest_ones_at_the_end(tmp_path):
+    """PBT restarts a paused trial from another trial's checkpoint once a slot frees, which may be epochs later:
+    Ray keeps them all during the sweep, and the end of the sweep applies checkpoints_to_keep."""
+    assert launcher._checkpoints_kept_while_running(default_space()) == 2  # ASHA: Ray's num_to_keep
+    space = pbt_space(checkpoints_to_keep=2)
+    assert launcher._checkpoints_kept_while_running(space) is None
+    for tid, count in (("a", 4), ("b", 1)):
+        for i in range(count):
+            (tmp_path / tid / f"checkpoint_{i:06d}").mkdir(parents=True)
+    (tmp_path / "a" / "result.json").write_text("{}")  # not a checkpoint: stays
+    results = [fake_result(tid, 0.0067, 4, 0.5, root=str(tmp_path)) for tid in ("a", "b")]
+    summary = launcher.finish(results, space, str(tmp_path), scheduler=None)
+    assert sorted(p.name for p in (tmp_path / "a").iterdir()) == ["checkpoint_000002", "checkpoint_000003",
+                                                                   "result.json"]
+    assert [p.name for p in (tmp_path / "b").iterdir()] == ["checkpoint_000000"]
+    assert summary["checkpoints_pruned"] == 2 and summary["checkpoints_deleted"] == 0
+    assert "Deleted 2 older checkpoints" in launcher.format_summary(summary)
+
+
+def test_delete_stopped_checkpoints_removes_every_checkpoint_of_a_stopped_trial_only(tmp_path):
+    for tid in ("full", "stopped"):
+        for i in range(2):
+            (tmp_path / tid / f"checkpoint_{i:06d}").mkdir(parents=True)
+    results = [fake_result("full", 0.01, 4, 0.5, root=str(tmp_path)),
+               fake_result("stopped", 0.01, 2, 0.6, root=str(tmp_path))]
+    summary = launcher.finish(results, default_space(epochs=4), str(tmp_path), scheduler=None,
+                              delete_stopped=True)
+    assert len(list((tmp_path / "full").iterdir())) == 2 and not list((tmp_path / "stopped").iterdir())
+    assert summary["checkpoints_deleted"] == 2 and summary["checkpoints_pruned"] == 0
+    assert launcher.format_summary(summary).startswith("Sweep finished: 2 trials, 1 ran all 4 epochs")
+
+
+@pytest.mark.parametrize("space", [pbt_space(checkpoints_to_keep=1), default_space(epochs=4)], ids=["pbt", "asha"])
+def test_an_interrupted_sweep_deletes_no_checkpoint_and_says_how_to_resume(tmp_path, space):
+    """Ray's fit() returns when the sweep is interrupted (Ctrl-C): a trial cut off looks stopped early, but it
+    resumes from its checkpoints, and PBT's paused trials from other trials' older ones."""
+    for tid in ("a", "b"):
+        for i in range(3):
+            (tmp_path / tid / f"checkpoint_{i:06d}").mkdir(parents=True)
+    results = [fake_result("a", 0.0067, 4, 0.5, root=str(tmp_path)),
+               fake_result("b", 0.0067, 2, 0.6, root=str(tmp_path), done=False)]
+    summary = launcher.finish(results, space, str(tmp_path), scheduler=None,
+                              delete_stopped=True)
+    assert len(list(tmp_path.glob("*/checkpoint_*"))) == 6
+    assert summary["unfinished"] == 1 and summary["checkpoints_deleted"] == summary["checkpoints_pruned"] == 0
+    text = launcher.format_summary(summary)
+    assert text.startswith("Sweep interrupted: 1 of 2 trials unfinished") and "Sweep finished" not in text
+    assert f"--resume {tmp_path}" in text
 
 
 def test_summary_ranks_per_lambda_and_lists_errors(tmp_path):

@@ -1,4 +1,4 @@
-"""Resume after SIGKILL of the driver (a subprocess running tune.py's command line with the FakeEngine:
+"""Resume after Ctrl-C or SIGKILL of the driver (a subprocess running tune.py's command line with the FakeEngine:
 fake_tune.py): finished trials kept, unfinished ones continue from their last checkpoint, ASHA's decisions
 consistent with those already taken; the resume trains the engine the experiment recorded."""
 
@@ -106,3 +106,50 @@ def test_resume_after_sigkill(tmp_path):
             last = json.loads(d.joinpath("result.json").read_text().splitlines()[-1])
             tid = last["trial_id"]
             assert last["epoch"] == EPOCHS or tid in final["stopped"]
+
+
+def test_ctrl_c_keeps_every_checkpoint_and_the_sweep_resumes(tmp_path):
+    """Ctrl-C (SIGINT) makes Ray end the sweep with a last snapshot and return: the summary says it was interrupted
+    and how to continue, --delete-stopped-checkpoints deletes nothing (the cut-off trials look stopped early), and
+    --resume finishes it from the checkpoints."""
+    log = tmp_path / "engine.log"
+    space = {
+        "study": "cut", "samples": 2, "max_concurrent": 2, "searcher": "random", "scheduler": "fifo",
+        "fixed": {"preset": "tiny", "lmbda": 0.013, "epochs": EPOCHS, "_fake_epoch_seconds": 0.8,
+                  "_fake_log": str(log)},
+        "params": {"gamma_s1": {"type": "loguniform", "low": 0.001, "high": 0.02}},
+    }
+    space_file = tmp_path / "cut.yaml"
+    space_file.write_text(yaml.safe_dump(space))
+    storage = tmp_path / "results"
+    base = [sys.executable, fake_engine.TUNE, "--storage", str(storage), "--num-cpus", "2", "-q"]
+    driver_env, tag = tagged(env())
+    driver = subprocess.Popen([*base, "--space", str(space_file), "--name", "c", "--delete-stopped-checkpoints"],
+                              cwd=ROOT, env=driver_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                              start_new_session=True)
+    exp = storage / "c"
+    try:
+        deadline = time.time() + 150
+        while time.time() < deadline:
+            if len(list(exp.glob("*/checkpoint_*"))) >= 4:  # two epochs of both trials
+                break
+            assert driver.poll() is None, "the sweep ended before it could be interrupted"
+            time.sleep(0.3)
+        else:
+            pytest.fail("the sweep made no progress")
+        driver.send_signal(signal.SIGINT)
+        out, _ = driver.communicate(timeout=120)
+    finally:
+        kill_sweep(driver, tag)
+    assert driver.returncode == 130, out[-3000:]
+    assert "Sweep interrupted: 2 of 2 trials unfinished" in out and f"--resume {exp}" in out, out[-3000:]
+    assert "Sweep finished" not in out
+    kept = {p.parent.name for p in exp.glob("*/checkpoint_*")}
+    assert len(kept) == 2  # both cut-off trials keep their checkpoints
+
+    resumed = subprocess.run([*base, "--resume", str(exp)], cwd=ROOT, env=env(), capture_output=True, text=True,
+                             timeout=300)
+    assert resumed.returncode == 0, resumed.stdout[-2000:] + resumed.stderr[-3000:]
+    assert f"Sweep finished: 2 trials, 2 ran all {EPOCHS} epochs" in resumed.stdout
+    restores = [ln for ln in log.read_text().splitlines() if " restore " in ln]
+    assert len(restores) == 2 and all(int(ln.split()[-1]) >= 2 for ln in restores), restores

@@ -8,7 +8,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import re
 import subprocess
 import sys
 import time
@@ -69,25 +68,27 @@ def files(fs, prefix: str) -> dict[str, int]:
 
 
 def snapshot_and_results_agree(fs, exp: str, stored) -> bool:
-    """Whether a stored snapshot (experiment_state-*.json) names a trial checkpoint, and each trial it names a
-    checkpoint of has its results on S3 up to that checkpoint's epoch (checkpoint_00000i: epoch i+1 in a first
-    run). Ray uploads the snapshot and the trials' result.json file by file in one copy, the snapshot not
-    necessarily last, so a SIGKILL in the middle of it leaves a snapshot newer than the results (docs/design.md
-    §6): the resume continues from the checkpoint and the epochs before it are missing from result.json."""
-    named: dict[str, int] = {}
+    """Whether a stored snapshot (experiment_state-*.json) has a trial whose last result came with a checkpoint,
+    and every such trial has its results on S3 up to that epoch. Ray uploads the snapshot and the trials'
+    result.json file by file in one copy, the snapshot not necessarily last, so a SIGKILL in the middle of it
+    leaves a snapshot newer than the results (docs/design.md §6): the resume continues from the checkpoint and the
+    epochs before it are missing from result.json."""
+    needed: dict[str, int] = {}  # trial id -> epochs its stored result.json must hold
     for key in stored:
         if key.startswith("experiment_state-"):
-            with contextlib.suppress(OSError), fs.open_input_stream(f"{exp}/{key}") as f:
-                for trial, index in re.findall(r"(hpcm_trial_[\w.\-]+)/checkpoint_(\d{6})", f.read().decode()):
-                    named[trial] = max(named.get(trial, -1), int(index))
-    for trial, index in named.items():
-        try:
-            with fs.open_input_stream(f"{exp}/{trial}/{RESULT_FILE}") as f:
-                if len(f.read().decode().splitlines()) < index + 1:
-                    return False
-        except OSError:
+            with contextlib.suppress(OSError, ValueError), fs.open_input_stream(f"{exp}/{key}") as f:
+                for _, runtime in json.loads(f.read())["trial_data"]:
+                    last = json.loads(runtime).get("last_result") or {}
+                    if last.get("checkpoint_dir_name"):
+                        needed[last["trial_id"]] = max(needed.get(last["trial_id"], 0), last["epoch"])
+    for trial_id, epochs in needed.items():
+        found = [k for k in stored if k.endswith(f"/{RESULT_FILE}") and f"_{trial_id}_" in k]
+        if len(found) != 1:
             return False
-    return bool(named)
+        with fs.open_input_stream(f"{exp}/{found[0]}") as f:
+            if len(f.read().decode().splitlines()) < epochs:
+                return False
+    return bool(needed)
 
 
 def test_sweep_on_s3_killed_resumed_and_analyzed(s3, tmp_path):
@@ -175,3 +176,20 @@ def test_sweep_on_s3_killed_resumed_and_analyzed(s3, tmp_path):
     with open(out / "trials.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == 2 and {r.get("status") for r in rows} == {"finished"}, rows
+
+
+def test_checkpoint_clean_up_deletes_checkpoints_on_s3(s3):
+    """The end of a sweep deletes checkpoints (--delete-stopped-checkpoints, PBT's newest-N) through the file
+    system of the trial's result, so object storage too: a checkpoint there is a key prefix, not a folder."""
+    _, fs = s3
+    trial = f"{BUCKET}/clean/hpcm_trial_a"
+    for i in range(3):
+        with fs.open_output_stream(f"{trial}/checkpoint_{i:06d}/model.pt") as f:
+            f.write(b"weights")
+    with fs.open_output_stream(f"{trial}/{RESULT_FILE}") as f:
+        f.write(b"{}\n")
+    row = {"path": trial, "filesystem": fs}
+    assert launcher._delete_checkpoints(row, keep=1) == 2
+    assert sorted(files(fs, trial)) == ["checkpoint_000002/model.pt", RESULT_FILE]
+    assert launcher._delete_checkpoints(row, keep=0) == 1
+    assert sorted(files(fs, trial)) == [RESULT_FILE]

@@ -173,6 +173,8 @@ def test_pbt_exploits_checkpoints_within_one_lambda(tmp_path):
                                  launcher.SweepOptions(engine=FAKE, storage=str(tmp_path), name="p", verbose=0))
     assert summary["trials"] == 4 and summary["finished"] == 4 and not summary["errored"]
     assert any(" restore " in line for line in log.read_text().splitlines())  # exploit: another trial's weights
+    for d in trial_dirs(tmp_path / "p"):  # all kept while trials could restore them, the newest 2 at the end
+        assert 1 <= len(list(d.glob("checkpoint_*"))) <= 2, d.name
 
 
 def test_parent_of_an_engine_the_test_registered_trains_as_a_ray_task(tmp_path):
