@@ -39,6 +39,8 @@ TRIAL_FILES = (PARAMS_FILE, RESULT_FILE, PROGRESS_FILE, ERROR_FILE)
 # Under the storage root beside the experiments: one folder per cached parent (the warm starts of its sweeps).
 PARENTS_DIR = "parents"
 
+CHECKPOINT_PREFIX = "checkpoint_"  # a trial's checkpoint folders, checkpoint_000000, checkpoint_000001, ...
+
 # Ray's per-result field counting the reports of a trial (one report per epoch in the trainable).
 TRAINING_ITERATION = "training_iteration"
 # Ray's per-result flag: true on a trial's last result when it returned or a scheduler stopped it; a trial cut off

@@ -7,11 +7,14 @@ saved with each experiment snapshot and restored in step with it, so the records
 
 from __future__ import annotations
 
+import json
 import os
+import warnings
 from typing import Any
 
 from ray.tune import Callback
 
+from hpcm_tune.experiment import CHECKPOINT_PREFIX, is_state_file
 from hpcm_tune.sweep.schedulers import PerGroupASHA
 
 # Seconds the end of a sweep waits for W&B uploads before giving up (runs stay on disk for `wandb sync`).
@@ -36,6 +39,77 @@ class SchedulerStateCallback(Callback):
     def set_state(self, state: dict[str, Any]) -> None:
         self.scheduler.load_state_dict(state["scheduler"])
         self.restored_from = state
+
+
+def newest_stored_checkpoints(state_text: str) -> dict[str, int]:
+    """From one experiment snapshot (experiment_state-*.json): trial id -> index of the checkpoint its last result
+    came with (checkpoint_000007 -> 7), which is the checkpoint a resume from this snapshot restores."""
+    out: dict[str, int] = {}
+    for _, runtime in json.loads(state_text).get("trial_data", []):
+        last = json.loads(runtime).get("last_result") or {}
+        name = last.get("checkpoint_dir_name")
+        if name and last.get("trial_id"):
+            out[last["trial_id"]] = checkpoint_index(name)
+    return out
+
+
+def checkpoint_index(name: str) -> int:
+    return int(name.rsplit("_", 1)[1])
+
+
+def deletable_checkpoints(names: list[str], keep: int, restored_from: int | None) -> list[str]:
+    """The checkpoint folders of a trial that may go: all but the newest ``keep``, and never the one the stored
+    snapshot restores (``restored_from``) or any newer one."""
+    ordered = sorted(names, key=checkpoint_index)
+    old = ordered[:max(len(ordered) - keep, 0)]
+    return [n for n in old if restored_from is None or checkpoint_index(n) < restored_from]
+
+
+class KeepRestorableCheckpoints(Callback):
+    """Keeps each trial's newest ``keep`` checkpoints, as Ray's ``CheckpointConfig(num_to_keep)`` would, without
+    deleting the checkpoint that the experiment snapshot in storage names.
+
+    Ray deletes the oldest checkpoint as soon as a new one is registered, while the stored snapshot may still name
+    it until the next snapshot is stored (~10 s, or num_to_keep checkpoints, later): a driver killed in between
+    left a snapshot whose checkpoint was gone, and the resumed trial failed ('Could not recover from checkpoint as
+    it does not exist on storage anymore'; test_resume_after_sigkill failed so in a fresh-clone CI run). So Ray
+    keeps every checkpoint (num_to_keep=None) and this callback deletes after each save, reading the newest stored
+    snapshot (again only when it changed).
+    """
+
+    def __init__(self, keep: int) -> None:
+        self.keep = keep
+        self._seen: tuple[str, int, float] | None = None  # the stored snapshot last read: path, size, mtime
+        self._restores: dict[str, int] = {}
+
+    def _stored_restores(self, fs: Any, experiment: str) -> dict[str, int]:
+        import pyarrow.fs
+
+        states = [i for i in fs.get_file_info(pyarrow.fs.FileSelector(experiment, allow_not_found=True))
+                  if i.type == pyarrow.fs.FileType.File and is_state_file(i.base_name)]
+        if not states:
+            return {}
+        newest = max(states, key=lambda i: i.base_name)  # experiment_state-<start time>.json: the newest run's
+        key = (newest.path, newest.size, newest.mtime_ns or 0)
+        if key != self._seen:
+            with fs.open_input_stream(newest.path) as f:
+                self._restores = newest_stored_checkpoints(f.read().decode())
+            self._seen = key
+        return self._restores
+
+    def on_trial_save(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        import pyarrow.fs
+
+        fs, folder = trial.storage.storage_filesystem, trial.storage.trial_fs_path
+        try:
+            names = [i.base_name for i in fs.get_file_info(pyarrow.fs.FileSelector(folder, allow_not_found=True))
+                     if i.type == pyarrow.fs.FileType.Directory and i.base_name.startswith(CHECKPOINT_PREFIX)]
+            restores = self._stored_restores(fs, trial.storage.experiment_fs_path)
+            for name in deletable_checkpoints(names, self.keep, restores.get(trial.trial_id)):
+                fs.delete_dir(f"{folder}/{name}")
+        except (OSError, ValueError) as error:  # disk use only: the sweep goes on, the end of it prunes again
+            warnings.warn(f"could not prune the checkpoints of {trial}: {type(error).__name__}: {error}",
+                          stacklevel=2)
 
 
 def wandb_mode() -> str:

@@ -361,21 +361,12 @@ def prepare_optuna_for_resume(optuna: Mapping[str, Any] | None, experiment: str)
 # ------------------------------------------------------------------------------------------------------------
 
 
-def _checkpoints_kept_while_running(space: SearchSpace) -> int | None:
-    """Ray's num_to_keep: ``checkpoints_to_keep``, or every checkpoint (None) under a scheduler that copies weights
-    between trials. PBT's exploit pauses a trial to restart it from another trial's newest checkpoint, and the
-    restart waits for a free slot while that trial trains on: a bounded count deletes the checkpoint first (Ray's
-    own warning says so for num_to_keep <= 2; seen here with 2 slots for 4 trials, 'Could not recover from
-    checkpoint'). ``finish`` keeps the newest ``checkpoints_to_keep`` once no trial can restore any more."""
-    return None if space.scheduler_spec.copies_weights else space.checkpoints_to_keep
-
-
 def _build(space: SearchSpace, opts: SweepOptions, name: str, storage: str,
            optuna: Mapping[str, Any] | None = None) -> tuple[Any, Any, Any]:
     """(trainable with resources, TuneConfig, RunConfig) of a sweep."""
     from ray import tune
 
-    from hpcm_tune.sweep.callbacks import SchedulerStateCallback, wandb_callback
+    from hpcm_tune.sweep.callbacks import KeepRestorableCheckpoints, SchedulerStateCallback, wandb_callback
     from hpcm_tune.sweep.schedulers import PerGroupASHA, build_scheduler
     from hpcm_tune.sweep.searchers import build_searcher
     from hpcm_tune.sweep.trainable import KeepResultsOfRetriedTrials, make_trainable
@@ -390,6 +381,13 @@ def _build(space: SearchSpace, opts: SweepOptions, name: str, storage: str,
     callbacks.append(KeepResultsOfRetriedTrials())
     if opts.wandb:
         callbacks.append(wandb_callback(opts.wandb_project, group=name, upload_timeout_s=opts.wandb_upload_timeout_s))
+    # Ray keeps every checkpoint (num_to_keep=None below): its own pruning deletes the checkpoint a stored snapshot
+    # still names (KeepRestorableCheckpoints' docstring). Under PBT nothing is deleted while trials run: a paused
+    # trial restarts from another trial's newest checkpoint once a slot frees, epochs later (Ray warns that a
+    # bounded num_to_keep breaks this; seen here as 'Could not recover from checkpoint'). finish() keeps the newest
+    # checkpoints_to_keep once no trial can restore any more.
+    if not space.scheduler_spec.copies_weights:
+        callbacks.append(KeepRestorableCheckpoints(space.checkpoints_to_keep))
     trainable = tune.with_resources(make_trainable(opts.engine, space.metric), {"cpu": space.cpus, "gpu": space.gpus})
     tune_config = tune.TuneConfig(
         metric=space.metric, mode=space.mode, scheduler=scheduler, search_alg=search_alg, num_samples=num_samples,
@@ -397,7 +395,7 @@ def _build(space: SearchSpace, opts: SweepOptions, name: str, storage: str,
     )
     run_config = tune.RunConfig(
         name=name, storage_path=storage, callbacks=callbacks,
-        checkpoint_config=tune.CheckpointConfig(num_to_keep=_checkpoints_kept_while_running(space)),
+        checkpoint_config=tune.CheckpointConfig(num_to_keep=None),
         failure_config=tune.FailureConfig(max_failures=space.max_failures),
         verbose=opts.verbose,
     )
@@ -661,7 +659,7 @@ def finish(results: Any, space: SearchSpace, path: str, scheduler: Any, top: int
     if delete and not unfinished:
         for r in stopped:
             deleted += _delete_checkpoints(r, keep=0)
-    if _checkpoints_kept_while_running(space) is None and not unfinished:
+    if not unfinished:  # what was kept while trials could restore it (see _build)
         for r in rows:
             pruned += _delete_checkpoints(r, keep=space.checkpoints_to_keep)
     summary = {
@@ -732,9 +730,8 @@ def format_summary(summary: Mapping[str, Any]) -> str:
     if summary.get("checkpoints_deleted"):
         lines.append(f"\nDeleted {summary['checkpoints_deleted']} checkpoints of early-stopped trials.")
     if summary.get("checkpoints_pruned"):
-        lines.append(f"\nDeleted {summary['checkpoints_pruned']} older checkpoints: trials restore each other's "
-                     f"checkpoints under this scheduler, so all were kept until the sweep ended; each trial keeps "
-                     f"its newest {summary['checkpoints_to_keep']}.")
+        lines.append(f"\nDeleted {summary['checkpoints_pruned']} older checkpoints kept while trials could restore "
+                     f"them; each trial keeps its newest {summary['checkpoints_to_keep']}.")
     runs = summary.get("wandb_offline_runs") or []
     if runs:
         lines.append(f"\nW&B: {len(runs)} offline run(s), one in each trial's folder of the experiment; upload "

@@ -15,6 +15,7 @@ from hpcm_tune.experiment import DONE
 from hpcm_tune.source import code_commit
 from hpcm_tune.sweep import cli, launcher
 from hpcm_tune.sweep import space as sp
+from hpcm_tune.sweep.callbacks import KeepRestorableCheckpoints
 
 
 def default_space(**over):
@@ -137,12 +138,10 @@ def pbt_space(**settings):
                            "params": {"gamma_s1": {"type": "loguniform", "low": 0.001, "high": 0.05}}}, "pbt.yaml")
 
 
-def test_pbt_keeps_every_checkpoint_while_running_and_the_newest_ones_at_the_end(tmp_path):
-    """PBT restarts a paused trial from another trial's checkpoint once a slot frees, which may be epochs later:
-    Ray keeps them all during the sweep, and the end of the sweep applies checkpoints_to_keep."""
-    assert launcher._checkpoints_kept_while_running(default_space()) == 2  # ASHA: Ray's num_to_keep
+def test_the_end_of_a_sweep_keeps_the_newest_checkpoints_of_each_trial(tmp_path):
+    """What was kept while trials could restore it (all of them under PBT) goes at the end, but the newest
+    checkpoints_to_keep of each trial."""
     space = pbt_space(checkpoints_to_keep=2)
-    assert launcher._checkpoints_kept_while_running(space) is None
     for tid, count in (("a", 4), ("b", 1)):
         for i in range(count):
             (tmp_path / tid / f"checkpoint_{i:06d}").mkdir(parents=True)
@@ -154,6 +153,15 @@ def test_pbt_keeps_every_checkpoint_while_running_and_the_newest_ones_at_the_end
     assert [p.name for p in (tmp_path / "b").iterdir()] == ["checkpoint_000000"]
     assert summary["checkpoints_pruned"] == 2 and summary["checkpoints_deleted"] == 0
     assert "Deleted 2 older checkpoints" in launcher.format_summary(summary)
+
+
+@pytest.mark.parametrize(("space", "pruned_while_running"), [(default_space(), True), (pbt_space(), False)],
+                         ids=["asha", "pbt"])
+def test_ray_deletes_no_checkpoint_and_pbt_keeps_all_while_trials_run(tmp_path, space, pruned_while_running):
+    _, _, (_, run_config) = launcher._build(space, launcher.SweepOptions(engine=fake_engine.NAME), "n", str(tmp_path))
+    assert run_config.checkpoint_config.num_to_keep is None  # Ray's own pruning outruns the stored snapshot
+    keepers = [c for c in run_config.callbacks if isinstance(c, KeepRestorableCheckpoints)]
+    assert [c.keep for c in keepers] == ([space.checkpoints_to_keep] if pruned_while_running else [])
 
 
 def test_delete_stopped_checkpoints_removes_every_checkpoint_of_a_stopped_trial_only(tmp_path):

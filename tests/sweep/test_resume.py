@@ -19,6 +19,7 @@ import yaml
 from kill_support import kill_sweep, tagged
 
 from hpcm_tune.sweep import launcher
+from hpcm_tune.sweep.callbacks import newest_stored_checkpoints
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
@@ -37,6 +38,14 @@ def latest_callback_state(exp: Path) -> dict:
         return pickle.load(f)[0]["scheduler"]
 
 
+def snapshot_names_checkpoints(exp: Path) -> bool:
+    states = sorted(exp.glob("experiment_state-*.json"))
+    try:
+        return bool(states) and bool(newest_stored_checkpoints(states[-1].read_text()))
+    except ValueError:  # caught while Ray rewrites it
+        return False
+
+
 def test_resume_after_sigkill(tmp_path):
     log = tmp_path / "engine.log"
     space = {
@@ -51,6 +60,7 @@ def test_resume_after_sigkill(tmp_path):
     storage = tmp_path / "results"
     base = [sys.executable, fake_engine.TUNE, "--storage", str(storage), "--num-cpus", "2", "-q"]
     driver_env, tag = tagged(env())  # the kill takes every process of its local Ray (tests/sweep/kill_support.py)
+    driver_env["TUNE_GLOBAL_CHECKPOINT_S"] = "1"  # a snapshot every second (Ray's default: 10 s or more)
     driver = subprocess.Popen([*base, "--space", str(space_file), "--name", "k"], cwd=ROOT, env=driver_env,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     exp = storage / "k"
@@ -58,7 +68,8 @@ def test_resume_after_sigkill(tmp_path):
         deadline = time.time() + 150
         while time.time() < deadline:
             epochs_done = log.read_text().count(" epoch ") if log.exists() else 0
-            if epochs_done >= 9 and list(exp.glob("callback-states-*.pkl")):
+            # Kill once the stored snapshot names checkpoints (what the resume continues from) and ASHA's records.
+            if epochs_done >= 9 and list(exp.glob("callback-states-*.pkl")) and snapshot_names_checkpoints(exp):
                 break
             assert driver.poll() is None, "the sweep ended before it could be killed"
             time.sleep(0.3)

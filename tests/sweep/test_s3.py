@@ -107,6 +107,9 @@ def test_sweep_on_s3_killed_resumed_and_analyzed(s3, tmp_path):
     base = [sys.executable, fake_engine.TUNE, "--storage", storage, "--num-cpus", "2", "-q"]
     driver_log = (tmp_path / "driver.log").open("w")
     driver_env, tag = tagged(env(endpoint))  # the kill takes every process of its local Ray (kill_support.py)
+    # A snapshot every second (Ray's default: 10 s or more, and the whole sweep takes less), so one reaches S3
+    # while the trials still run.
+    driver_env["TUNE_GLOBAL_CHECKPOINT_S"] = "1"
     driver = subprocess.Popen([*base, "--space", str(space_file), "--name", "k"], cwd=ROOT, env=driver_env,
                               stdout=driver_log, stderr=subprocess.STDOUT, start_new_session=True)
     exp = f"{BUCKET}/team/k"
