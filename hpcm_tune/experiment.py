@@ -48,6 +48,33 @@ TRAINING_ITERATION = "training_iteration"
 DONE = "done"
 
 
+def checkpoint_index(name: str) -> int:
+    """checkpoint_000007 -> 7."""
+    return int(name.rsplit("_", 1)[1])
+
+
+def deletable_checkpoints(names: list[str], keep: int, restored_from: int | None = None) -> list[str]:
+    """The checkpoint folders of a trial that may go: all but the newest ``keep``, and never the one a stored
+    snapshot restores (index ``restored_from``) or any newer one."""
+    ordered = sorted(names, key=checkpoint_index)
+    old = ordered[:max(len(ordered) - keep, 0)]
+    return [n for n in old if restored_from is None or checkpoint_index(n) < restored_from]
+
+
+def delete_checkpoints(fs: Any, trial_path: str, keep: int, restored_from: int | None = None) -> int:
+    """Delete the trial folder's checkpoints that ``deletable_checkpoints`` names, on its (pyarrow) file system,
+    local or object storage; returns how many were deleted."""
+    import pyarrow.fs
+
+    found = fs.get_file_info(pyarrow.fs.FileSelector(trial_path, allow_not_found=True))
+    names = [i.base_name for i in found
+             if i.type == pyarrow.fs.FileType.Directory and i.base_name.startswith(CHECKPOINT_PREFIX)]
+    doomed = deletable_checkpoints(names, keep, restored_from)
+    for name in doomed:
+        fs.delete_dir(f"{trial_path}/{name}")
+    return len(doomed)
+
+
 def is_state_file(name: str) -> bool:
     """Whether a file name is one of Ray's experiment snapshots (experiment_state-*.json)."""
     return name.startswith(STATE_PREFIX) and name.endswith(".json")

@@ -14,7 +14,7 @@ from typing import Any
 
 from ray.tune import Callback
 
-from hpcm_tune.experiment import CHECKPOINT_PREFIX, is_state_file
+from hpcm_tune.experiment import checkpoint_index, delete_checkpoints, is_state_file
 from hpcm_tune.sweep.schedulers import PerGroupASHA
 
 # Seconds the end of a sweep waits for W&B uploads before giving up (runs stay on disk for `wandb sync`).
@@ -53,18 +53,6 @@ def newest_stored_checkpoints(state_text: str) -> dict[str, int]:
     return out
 
 
-def checkpoint_index(name: str) -> int:
-    return int(name.rsplit("_", 1)[1])
-
-
-def deletable_checkpoints(names: list[str], keep: int, restored_from: int | None) -> list[str]:
-    """The checkpoint folders of a trial that may go: all but the newest ``keep``, and never the one the stored
-    snapshot restores (``restored_from``) or any newer one."""
-    ordered = sorted(names, key=checkpoint_index)
-    old = ordered[:max(len(ordered) - keep, 0)]
-    return [n for n in old if restored_from is None or checkpoint_index(n) < restored_from]
-
-
 class KeepRestorableCheckpoints(Callback):
     """Keeps each trial's newest ``keep`` checkpoints, as Ray's ``CheckpointConfig(num_to_keep)`` would, without
     deleting the checkpoint that the experiment snapshot in storage names.
@@ -98,15 +86,11 @@ class KeepRestorableCheckpoints(Callback):
         return self._restores
 
     def on_trial_save(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        import pyarrow.fs
 
-        fs, folder = trial.storage.storage_filesystem, trial.storage.trial_fs_path
+        fs = trial.storage.storage_filesystem
         try:
-            names = [i.base_name for i in fs.get_file_info(pyarrow.fs.FileSelector(folder, allow_not_found=True))
-                     if i.type == pyarrow.fs.FileType.Directory and i.base_name.startswith(CHECKPOINT_PREFIX)]
             restores = self._stored_restores(fs, trial.storage.experiment_fs_path)
-            for name in deletable_checkpoints(names, self.keep, restores.get(trial.trial_id)):
-                fs.delete_dir(f"{folder}/{name}")
+            delete_checkpoints(fs, trial.storage.trial_fs_path, self.keep, restores.get(trial.trial_id))
         except (OSError, ValueError) as error:  # disk use only: the sweep goes on, the end of it prunes again
             warnings.warn(f"could not prune the checkpoints of {trial}: {type(error).__name__}: {error}",
                           stacklevel=2)

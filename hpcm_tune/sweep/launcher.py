@@ -27,6 +27,7 @@ from hpcm_tune.experiment import (  # the experiment directory's names and stora
     META_FILE,
     SUMMARY_FILE,
     basename,
+    delete_checkpoints,
     dirname,
     is_uri,
     join,
@@ -605,23 +606,6 @@ def _rows(results: Any, space: SearchSpace) -> list[dict[str, Any]]:
     return rows
 
 
-def _delete_checkpoints(row: Mapping[str, Any], keep: int) -> int:
-    """Delete a trial's checkpoint folders but the newest ``keep`` (their names, checkpoint_000012, sort by
-    index), on the storage its result lives on; returns how many were deleted."""
-    import pyarrow.fs
-
-    if not row["path"]:
-        return 0
-    fs = row["filesystem"]
-    found = fs.get_file_info(pyarrow.fs.FileSelector(row["path"], allow_not_found=True))
-    folders = sorted(i.path for i in found
-                     if i.type == pyarrow.fs.FileType.Directory and i.base_name.startswith("checkpoint_"))
-    doomed = folders[:max(len(folders) - keep, 0)]
-    for folder in doomed:
-        fs.delete_dir(folder)
-    return len(doomed)
-
-
 def _first_line(err: BaseException) -> str:
     text = str(err).strip()
     # Ray wraps the trial's exception; its last line names the original error.
@@ -656,12 +640,10 @@ def finish(results: Any, space: SearchSpace, path: str, scheduler: Any, top: int
     unfinished = sum(r["error"] is None and not r["done"] for r in rows)
     delete = space.delete_stopped_checkpoints if delete_stopped is None else delete_stopped
     deleted = pruned = 0
-    if delete and not unfinished:
-        for r in stopped:
-            deleted += _delete_checkpoints(r, keep=0)
-    if not unfinished:  # what was kept while trials could restore it (see _build)
-        for r in rows:
-            pruned += _delete_checkpoints(r, keep=space.checkpoints_to_keep)
+    if not unfinished:
+        for r in (r for r in rows if r["path"]):  # kept while trials could restore it (see _build)
+            deleted += delete_checkpoints(r["filesystem"], r["path"], keep=0) if delete and r in stopped else 0
+            pruned += delete_checkpoints(r["filesystem"], r["path"], keep=space.checkpoints_to_keep)
     summary = {
         "experiment": path,
         "metric": space.metric,

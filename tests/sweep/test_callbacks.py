@@ -9,6 +9,7 @@ from types import SimpleNamespace
 import pyarrow.fs
 
 from hpcm_tune import metrics
+from hpcm_tune.experiment import deletable_checkpoints
 from hpcm_tune.sweep import callbacks as cb
 from hpcm_tune.sweep.schedulers import PerGroupASHA
 
@@ -73,11 +74,11 @@ def test_the_stored_snapshot_names_the_checkpoint_of_each_trials_last_result():
 
 def test_deletable_checkpoints_keep_the_newest_and_what_the_snapshot_restores():
     names = [f"checkpoint_{i:06d}" for i in (4, 0, 1, 2, 3)]
-    assert cb.deletable_checkpoints(names, keep=2, restored_from=None) == ["checkpoint_000000", "checkpoint_000001",
+    assert deletable_checkpoints(names, keep=2, restored_from=None) == ["checkpoint_000000", "checkpoint_000001",
                                                                            "checkpoint_000002"]
-    assert cb.deletable_checkpoints(names, keep=2, restored_from=1) == ["checkpoint_000000"]
-    assert cb.deletable_checkpoints(names, keep=2, restored_from=4) == cb.deletable_checkpoints(names, 2, None)
-    assert cb.deletable_checkpoints(names[:2], keep=2, restored_from=None) == []
+    assert deletable_checkpoints(names, keep=2, restored_from=1) == ["checkpoint_000000"]
+    assert deletable_checkpoints(names, keep=2, restored_from=4) == deletable_checkpoints(names, 2, None)
+    assert deletable_checkpoints(names[:2], keep=2, restored_from=None) == []
 
 
 def test_pruning_after_a_save_spares_the_checkpoint_the_stored_snapshot_restores(tmp_path):

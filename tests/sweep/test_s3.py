@@ -19,7 +19,7 @@ import yaml
 from kill_support import kill_sweep, tagged
 from s3_support import create_bucket
 
-from hpcm_tune.experiment import RESULT_FILE
+from hpcm_tune.experiment import RESULT_FILE, delete_checkpoints
 from hpcm_tune.sweep import launcher
 from hpcm_tune.sweep import parents as pa
 
@@ -191,8 +191,7 @@ def test_checkpoint_clean_up_deletes_checkpoints_on_s3(s3):
             f.write(b"weights")
     with fs.open_output_stream(f"{trial}/{RESULT_FILE}") as f:
         f.write(b"{}\n")
-    row = {"path": trial, "filesystem": fs}
-    assert launcher._delete_checkpoints(row, keep=1) == 2
+    assert delete_checkpoints(fs, trial, keep=1) == 2
     assert sorted(files(fs, trial)) == ["checkpoint_000002/model.pt", RESULT_FILE]
-    assert launcher._delete_checkpoints(row, keep=0) == 1
+    assert delete_checkpoints(fs, trial, keep=0) == 1
     assert sorted(files(fs, trial)) == [RESULT_FILE]
