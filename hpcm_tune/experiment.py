@@ -75,6 +75,18 @@ def delete_checkpoints(fs: Any, trial_path: str, keep: int, restored_from: int |
     return len(doomed)
 
 
+def newest_stored_checkpoints(state_text: str) -> dict[str, int]:
+    """From one experiment snapshot (experiment_state-*.json): trial id -> index of the checkpoint its last result
+    came with (checkpoint_000007 -> 7), which is the checkpoint a resume from this snapshot restores."""
+    out: dict[str, int] = {}
+    for _, runtime in json.loads(state_text).get("trial_data", []):
+        last = json.loads(runtime).get("last_result") or {}
+        name = last.get("checkpoint_dir_name")
+        if name and last.get("trial_id"):
+            out[last["trial_id"]] = checkpoint_index(name)
+    return out
+
+
 def is_state_file(name: str) -> bool:
     """Whether a file name is one of Ray's experiment snapshots (experiment_state-*.json)."""
     return name.startswith(STATE_PREFIX) and name.endswith(".json")

@@ -7,14 +7,13 @@ saved with each experiment snapshot and restored in step with it, so the records
 
 from __future__ import annotations
 
-import json
 import os
 import warnings
 from typing import Any
 
 from ray.tune import Callback
 
-from hpcm_tune.experiment import checkpoint_index, delete_checkpoints, is_state_file
+from hpcm_tune.experiment import delete_checkpoints, is_state_file, newest_stored_checkpoints
 from hpcm_tune.sweep.schedulers import PerGroupASHA
 
 # Seconds the end of a sweep waits for W&B uploads before giving up (runs stay on disk for `wandb sync`).
@@ -41,18 +40,6 @@ class SchedulerStateCallback(Callback):
         self.restored_from = state
 
 
-def newest_stored_checkpoints(state_text: str) -> dict[str, int]:
-    """From one experiment snapshot (experiment_state-*.json): trial id -> index of the checkpoint its last result
-    came with (checkpoint_000007 -> 7), which is the checkpoint a resume from this snapshot restores."""
-    out: dict[str, int] = {}
-    for _, runtime in json.loads(state_text).get("trial_data", []):
-        last = json.loads(runtime).get("last_result") or {}
-        name = last.get("checkpoint_dir_name")
-        if name and last.get("trial_id"):
-            out[last["trial_id"]] = checkpoint_index(name)
-    return out
-
-
 class KeepRestorableCheckpoints(Callback):
     """Keeps each trial's newest ``keep`` checkpoints, as Ray's ``CheckpointConfig(num_to_keep)`` would, without
     deleting the checkpoint that the experiment snapshot in storage names.
@@ -67,7 +54,7 @@ class KeepRestorableCheckpoints(Callback):
 
     def __init__(self, keep: int) -> None:
         self.keep = keep
-        self._seen: tuple[str, int, float] | None = None  # the stored snapshot last read: path, size, mtime
+        self._seen: tuple[str, int, int] | None = None  # the stored snapshot last read: path, size, mtime (ns)
         self._restores: dict[str, int] = {}
 
     def _stored_restores(self, fs: Any, experiment: str) -> dict[str, int]:
@@ -86,7 +73,6 @@ class KeepRestorableCheckpoints(Callback):
         return self._restores
 
     def on_trial_save(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-
         fs = trial.storage.storage_filesystem
         try:
             restores = self._stored_restores(fs, trial.storage.experiment_fs_path)

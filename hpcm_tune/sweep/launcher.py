@@ -641,8 +641,12 @@ def finish(results: Any, space: SearchSpace, path: str, scheduler: Any, top: int
     delete = space.delete_stopped_checkpoints if delete_stopped is None else delete_stopped
     deleted = pruned = 0
     if not unfinished:
-        for r in (r for r in rows if r["path"]):  # kept while trials could restore it (see _build)
-            deleted += delete_checkpoints(r["filesystem"], r["path"], keep=0) if delete and r in stopped else 0
+        for r in rows:
+            if not r["path"]:
+                continue
+            if delete and r in stopped:
+                deleted += delete_checkpoints(r["filesystem"], r["path"], keep=0)
+            # What was kept while trials could still restore it (see _build) goes now, but the newest few.
             pruned += delete_checkpoints(r["filesystem"], r["path"], keep=space.checkpoints_to_keep)
     summary = {
         "experiment": path,

@@ -9,7 +9,7 @@ from types import SimpleNamespace
 import pyarrow.fs
 
 from hpcm_tune import metrics
-from hpcm_tune.experiment import deletable_checkpoints
+from hpcm_tune.experiment import deletable_checkpoints, newest_stored_checkpoints
 from hpcm_tune.sweep import callbacks as cb
 from hpcm_tune.sweep.schedulers import PerGroupASHA
 
@@ -69,7 +69,7 @@ def snapshot(*trials):
 
 def test_the_stored_snapshot_names_the_checkpoint_of_each_trials_last_result():
     text = snapshot(("a", "checkpoint_000003"), ("b", None))
-    assert cb.newest_stored_checkpoints(text) == {"a": 3}
+    assert newest_stored_checkpoints(text) == {"a": 3}
 
 
 def test_deletable_checkpoints_keep_the_newest_and_what_the_snapshot_restores():

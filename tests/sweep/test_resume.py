@@ -18,8 +18,8 @@ import pytest
 import yaml
 from kill_support import kill_sweep, tagged
 
+from hpcm_tune.experiment import newest_stored_checkpoints
 from hpcm_tune.sweep import launcher
-from hpcm_tune.sweep.callbacks import newest_stored_checkpoints
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 

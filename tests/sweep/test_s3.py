@@ -19,7 +19,7 @@ import yaml
 from kill_support import kill_sweep, tagged
 from s3_support import create_bucket
 
-from hpcm_tune.experiment import RESULT_FILE, delete_checkpoints
+from hpcm_tune.experiment import RESULT_FILE, delete_checkpoints, newest_stored_checkpoints
 from hpcm_tune.sweep import launcher
 from hpcm_tune.sweep import parents as pa
 
@@ -77,10 +77,9 @@ def snapshot_and_results_agree(fs, exp: str, stored) -> bool:
     for key in stored:
         if key.startswith("experiment_state-"):
             with contextlib.suppress(OSError, ValueError), fs.open_input_stream(f"{exp}/{key}") as f:
-                for _, runtime in json.loads(f.read())["trial_data"]:
-                    last = json.loads(runtime).get("last_result") or {}
-                    if last.get("checkpoint_dir_name"):
-                        needed[last["trial_id"]] = max(needed.get(last["trial_id"], 0), last["epoch"])
+                for trial_id, index in newest_stored_checkpoints(f.read().decode()).items():
+                    # checkpoint_00000i came with epoch i+1: the trials have not been restored before the kill
+                    needed[trial_id] = max(needed.get(trial_id, 0), index + 1)
     for trial_id, epochs in needed.items():
         found = [k for k in stored if k.endswith(f"/{RESULT_FILE}") and f"_{trial_id}_" in k]
         if len(found) != 1:
